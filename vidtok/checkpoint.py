@@ -1,0 +1,88 @@
+"""Reading checkpoint files safely and matching them to a model's state dict."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose keys or shapes do not fit the model built from a config."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a `.ckpt`/`.pt`/`.pth` (Lightning `{"state_dict": …}` or a bare state dict) or `.safetensors`
+    file. Pickles are opened with `weights_only=True`: a checkpoint cannot run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {str(path)!r} does not exist; download the official file into checkpoints/ "
+            "(see checkpoints/README.md) or pass the right path"
+        )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    if path.suffix not in TORCH_SUFFIXES:
+        raise ValueError(f"checkpoint {str(path)!r}: unknown format; expected one of {TORCH_SUFFIXES + ('.safetensors',)}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read as a weights-only torch file: {err}") from err
+    if isinstance(payload, Mapping) and "state_dict" in payload:
+        payload = payload["state_dict"]
+    if not isinstance(payload, Mapping) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise ValueError(f"checkpoint {str(path)!r} holds no state dict of tensors")
+    # torch.compile'd modules save their weights under `_orig_mod.`
+    return {k.replace("._orig_mod.", ".").removeprefix("_orig_mod."): v for k, v in payload.items()}
+
+
+def drop_ignored(weights: dict[str, torch.Tensor], ignore_keys: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Remove every key matching (`re.match`) one of the `ignore_keys` patterns, as the original does."""
+    patterns = [re.compile(p) for p in ignore_keys]
+    kept = {}
+    for key, value in weights.items():
+        if any(p.match(key) for p in patterns):
+            logger.info("ignoring checkpoint key %s", key)
+        else:
+            kept[key] = value
+    return kept
+
+
+def _listing(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def check_compatible(
+    expected: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor], source: str
+) -> None:
+    """Raise `CheckpointMismatchError` naming every missing, unexpected and mis-shaped key."""
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    misshaped = [
+        f"{k} (checkpoint {tuple(weights[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in expected
+        if k in weights and weights[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
+    if misshaped:
+        problems.append(f"{len(misshaped)} with another shape: {_listing(misshaped)}")
+    if problems:
+        raise CheckpointMismatchError(
+            f"{source} does not fit the model: " + "; ".join(problems)
+            + ". Check that the config and the checkpoint belong together (same name in configs/ and checkpoints/)"
+            ", or list keys to skip in `ignore_keys`."
+        )

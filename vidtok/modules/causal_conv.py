@@ -1,0 +1,107 @@
+"""Convolutions that are causal in time: output frame t sees input frames <= t only.
+
+The time axis is padded at the front with `dilation*(k-1) + 1 - stride` frames; the spatial axes are padded
+symmetrically. What fills the front padding is the only difference between VidTok versions: zeros in v1.0
+(`time_pad_mode="constant"`), copies of the first frame in v1.1 (`"replicate"`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TimePadMode = Literal["constant", "replicate"]
+
+
+def _triple(v: int | tuple[int, int, int]) -> tuple[int, int, int]:
+    return v if isinstance(v, tuple) else (v, v, v)
+
+
+def pad_time_front(x: torch.Tensor, frames: int, mode: TimePadMode) -> torch.Tensor:
+    """Prepend `frames` frames to the time axis (dim 2) of `x`: zeros, or copies of frame 0."""
+    if frames == 0:
+        return x
+    if mode == "constant":
+        shape = list(x.shape)
+        shape[2] = frames
+        return torch.cat([x.new_zeros(shape), x], dim=2)
+    if mode == "replicate":
+        return torch.cat([x[:, :, :1].expand(*x.shape[:2], frames, *x.shape[3:]), x], dim=2)
+    raise ValueError(f"time padding mode must be 'constant' or 'replicate', got {mode!r}")
+
+
+class CausalConv3d(nn.Module):
+    """3D convolution, causal in time. Input `[B, C, T, H, W]`; output has `ceil(T / stride_t)` frames."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int, int],
+        stride: int | tuple[int, int, int] = 1,
+        dilation: int | tuple[int, int, int] = 1,
+        time_pad_mode: TimePadMode = "constant",
+    ):
+        super().__init__()
+        kt, kh, kw = _triple(kernel_size)
+        st, sh, sw = _triple(stride)
+        dt, dh, dw = _triple(dilation)
+        if kh % 2 == 0 or kw % 2 == 0:
+            raise ValueError(f"spatial kernel sizes must be odd for symmetric padding, got {(kh, kw)}")
+        if sh != 1 or sw != 1:
+            raise ValueError(f"CausalConv3d pads space symmetrically and needs spatial stride 1, got {(sh, sw)}")
+        self.time_pad = dt * (kt - 1) + (1 - st)
+        self.time_pad_mode = time_pad_mode
+        # symmetric spatial padding is the conv's own zero padding: no extra copy of the input
+        self.conv = nn.Conv3d(
+            in_channels,
+            out_channels,
+            (kt, kh, kw),
+            stride=(st, sh, sw),
+            dilation=(dt, dh, dw),
+            padding=(0, dh * (kh - 1) // 2, dw * (kw - 1) // 2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(pad_time_front(x, self.time_pad, self.time_pad_mode))
+
+
+class CausalConv1d(nn.Module):
+    """1D convolution over time, causal. Input `[N, C, T]`, or `[B, C, T, H, W]` where it runs on every pixel's
+    time series without reshaping (the Conv1d weight is used as a `k×1×1` Conv3d kernel)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        time_pad_mode: TimePadMode = "constant",
+    ):
+        super().__init__()
+        self.time_pad = dilation * (kernel_size - 1) + (1 - stride)
+        self.time_pad_mode = time_pad_mode
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = pad_time_front(x, self.time_pad, self.time_pad_mode)
+        return conv1d_over_time(self.conv, x)
+
+
+def conv1d_over_time(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """Apply `conv` (with its own padding) along dim 2 of `[N, C, T]` or `[B, C, T, H, W]`."""
+    if x.ndim == 3:
+        return conv(x)
+    weight = conv.weight[..., None, None]  # [C_out, C_in, k, 1, 1]
+    return F.conv3d(
+        x,
+        weight,
+        conv.bias,
+        stride=(conv.stride[0], 1, 1),
+        padding=(conv.padding[0], 0, 0),
+        dilation=(conv.dilation[0], 1, 1),
+    )

@@ -1,0 +1,56 @@
+"""Channel normalisation for video feature maps.
+
+Every official config uses `layernorm`: a LayerNorm over channels at each (t, h, w) position, so its result does
+not depend on how the tensor is laid out. `groupnorm` statistics do depend on it, and the original takes them over
+one frame in causal models (a causal model must not see future frames) but over the clip or over time in some
+non-causal blocks; `scope` reproduces each of those.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+NormScope = Literal["frame", "clip", "pixel"]
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the channel axis of a channels-first tensor `[B, C, ...]`."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6):
+        super().__init__()
+        # the `.norm` child keeps the original's state-dict keys (`norm1.norm.weight`)
+        self.norm = nn.LayerNorm(num_channels, eps=eps, elementwise_affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class ScopedGroupNorm(nn.GroupNorm):
+    """GroupNorm(32) whose statistics on a 5D `[B, C, T, H, W]` tensor cover one frame, the clip, or one pixel's
+    time series, matching where the original applied it."""
+
+    def __init__(self, num_channels: int, scope: NormScope, eps: float = 1e-6):
+        super().__init__(num_groups=32, num_channels=num_channels, eps=eps, affine=True)
+        self.scope = scope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5 or self.scope == "clip":
+            return super().forward(x)
+        B, C, T, H, W = x.shape
+        if self.scope == "frame":
+            y = super().forward(x.transpose(1, 2).reshape(B * T, C, H, W))  # [B*T, C, H, W]
+            return y.reshape(B, T, C, H, W).transpose(1, 2)
+        y = super().forward(x.permute(0, 3, 4, 1, 2).reshape(B * H * W, C, T))  # [B*H*W, C, T]
+        return y.reshape(B, H, W, C, T).permute(0, 3, 4, 1, 2)
+
+
+def make_norm(num_channels: int, norm_type: str, scope: NormScope = "frame") -> nn.Module:
+    """The normalisation layer named by a config's `norm_type` (`layernorm` or `groupnorm`)."""
+    if norm_type == "layernorm":
+        return LayerNorm(num_channels, eps=1e-6)
+    if norm_type == "groupnorm":
+        return ScopedGroupNorm(num_channels, scope=scope, eps=1e-6)
+    raise ValueError(f"norm_type must be 'layernorm' or 'groupnorm', got {norm_type!r}")

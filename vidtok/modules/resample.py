@@ -1,0 +1,87 @@
+"""Down- and upsampling. Space and time are resampled separately: spatial layers are 2D and run per frame;
+temporal layers are VidTok's "AlphaBlender": `α·(parameter-free branch) + (1-α)·(conv branch)`, with
+α = sigmoid(mix_factor), a learnt scalar that starts at sigmoid(2) ≈ 0.88."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .causal_conv import TimePadMode, pad_time_front
+from .resblock import make_conv3d
+
+
+class SpatialDownsample(nn.Module):
+    """×½ in H and W on `[N, C, H, W]`: zero-pad right/bottom by one pixel, then a 3×3 stride-2 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class SpatialUpsample(nn.Module):
+    """×2 in H and W on `[N, C, H, W]`: nearest neighbour (in fp32, as the original), then a 3×3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x.float(), scale_factor=2.0, mode="nearest").to(x.dtype))
+
+
+class _AlphaBlend(nn.Module):
+    def __init__(self, mix_factor: float):
+        super().__init__()
+        self.mix_factor = nn.Parameter(torch.tensor([mix_factor]))
+
+    def blend(self, fixed: torch.Tensor, learnt: torch.Tensor) -> torch.Tensor:
+        alpha = torch.sigmoid(self.mix_factor)
+        return alpha * fixed + (1 - alpha) * learnt
+
+
+class TemporalDownsample(_AlphaBlend):
+    """×½ in time on `[B, C, T, H, W]`: a 3-frame average and a k3 stride-2 conv, blended.
+
+    Causal: one frame is prepended (zeros in v1.0, a copy of frame 0 in v1.1), T -> ceil(T/2).
+    Non-causal: one zero frame is appended, T -> ceil(T/2) as well.
+    """
+
+    def __init__(
+        self, channels: int, *, causal: bool, mix_factor: float = 2.0, time_pad_mode: TimePadMode = "constant"
+    ):
+        super().__init__(mix_factor)
+        self.causal = causal
+        self.time_pad_mode = time_pad_mode
+        if causal:
+            self.conv = make_conv3d(channels, channels, 3, True, time_pad_mode, stride=(2, 1, 1))
+        else:
+            self.conv = nn.Conv3d(channels, channels, 3, stride=(2, 1, 1), padding=(0, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.causal:
+            pooled = F.avg_pool3d(pad_time_front(x, 1, self.time_pad_mode), (3, 1, 1), stride=(2, 1, 1))
+            return self.blend(pooled, self.conv(x))
+        x = F.pad(x, (0, 0, 0, 0, 0, 1))
+        return self.blend(F.avg_pool3d(x, (3, 1, 1), stride=(2, 1, 1)), self.conv(x))
+
+
+class TemporalUpsample(_AlphaBlend):
+    """×2 in time on `[B, C, T, H, W]`: each frame repeated (nearest), then blended with a k3 conv of the result."""
+
+    def __init__(
+        self, channels: int, *, causal: bool, mix_factor: float = 2.0, time_pad_mode: TimePadMode = "constant"
+    ):
+        super().__init__(mix_factor)
+        self.conv = make_conv3d(channels, channels, 3, causal, time_pad_mode)
+
+    def upsample_time(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.repeat_interleave(x, 2, dim=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.upsample_time(x)
+        return self.blend(x, self.conv(x))
