@@ -15,6 +15,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from vidtok.models.training import TrainingMixin
 from vidtok.checkpoint import check_compatible, drop_ignored, read_state_dict
 from vidtok.modules.fsq import FSQRegularizer
 from vidtok.util import instantiate_from_config
@@ -26,7 +27,7 @@ LOSS_PREFIX = "loss."
 EMA_PREFIX = "model_ema."
 
 
-class AutoencodingEngine(pl.LightningModule):
+class AutoencodingEngine(TrainingMixin, pl.LightningModule):
     """Video tokenizer. Videos are `[B, 3, T, H, W]` in [-1, 1].
 
     - KL models: `encode(x)` gives a continuous latent `[B, z, T', H/f, W/f]` (sampled from the posterior unless
@@ -217,7 +218,9 @@ class AutoencodingEngine(pl.LightningModule):
                 z, reg_log = self.encode(x)
         else:
             z, reg_log = self.encode(x)
-        return z, self.decode(z), reg_log
+        recon = self.decode(z)
+        # a v1.1 decoder returns tdf·T' frames; the clip is the last T of them
+        return z, recon[:, :, -x.shape[2]:], reg_log
 
     def tokenize(self, x: torch.Tensor) -> torch.Tensor:
         """FSQ token indices `[B, T', H', W']` (int32) of a video `[B, 3, T, H, W]`."""

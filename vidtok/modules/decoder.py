@@ -99,7 +99,13 @@ class VideoDecoder(nn.Module):
             up_levels.insert(0, up)
         self.up = nn.ModuleList(up_levels)
 
+        if interpolation_mode != "nearest" and variant != "v1.1":
+            raise ValueError(
+                f"interpolation_mode={interpolation_mode!r} is a v1.1 option; {variant} decoders upsample time by "
+                "repeating frames (remove interpolation_mode or use the model_3dcausal_v1_1 targets)"
+            )
         temporal_levels_modules: list[nn.Module] = []
+        num_temp_upsample = 1  # frames from the first input frame at each upsampler, in the order they run
         for i in reversed(range(L)):
             width = ch * ch_mult[i]
             up_temporal = nn.Module()
@@ -109,7 +115,11 @@ class VideoDecoder(nn.Module):
                 for _ in range(num_res_blocks + 1)
             )
             if i in self.tempo_us:
-                up_temporal.upsample = TemporalUpsample(width, causal=causal, time_pad_mode=pad_mode)
+                up_temporal.upsample = TemporalUpsample(
+                    width, causal=causal, time_pad_mode=pad_mode, interpolation_mode=interpolation_mode,
+                    num_temp_upsample=num_temp_upsample,
+                )
+                num_temp_upsample *= 2
             temporal_levels_modules.insert(0, up_temporal)
         self.up_temporal = nn.ModuleList(temporal_levels_modules)
 

@@ -71,16 +71,38 @@ class TemporalDownsample(_AlphaBlend):
 
 
 class TemporalUpsample(_AlphaBlend):
-    """×2 in time on `[B, C, T, H, W]`: each frame repeated (nearest), then blended with a k3 conv of the result."""
+    """×2 in time on `[B, C, T, H, W]`, then blended with a k3 conv of the result.
+
+    `nearest` (v1.0, non-causal) repeats each frame. `trilinear` (v1.1) interpolates linearly in time
+    (align_corners=False, edges clamped), except that the first `num_temp_upsample` frames are interpolated apart
+    from the rest: they are the frames that the causal encoder built from the first input frame, and this keeps
+    them from blending with later ones.
+    """
 
     def __init__(
-        self, channels: int, *, causal: bool, mix_factor: float = 2.0, time_pad_mode: TimePadMode = "constant"
+        self,
+        channels: int,
+        *,
+        causal: bool,
+        mix_factor: float = 2.0,
+        time_pad_mode: TimePadMode = "constant",
+        interpolation_mode: str = "nearest",
+        num_temp_upsample: int = 1,
     ):
         super().__init__(mix_factor)
+        if interpolation_mode not in ("nearest", "trilinear"):
+            raise ValueError(f"interpolation_mode must be 'nearest' or 'trilinear', got {interpolation_mode!r}")
+        self.interpolation_mode = interpolation_mode
+        self.num_temp_upsample = num_temp_upsample
         self.conv = make_conv3d(channels, channels, 3, causal, time_pad_mode)
 
     def upsample_time(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.repeat_interleave(x, 2, dim=2)
+        if self.interpolation_mode == "nearest":
+            return torch.repeat_interleave(x, 2, dim=2)
+        n = self.num_temp_upsample
+        parts = [p for p in (x[:, :, :n], x[:, :, n:]) if p.shape[2]]
+        up = [F.interpolate(p.float(), scale_factor=(2.0, 1.0, 1.0), mode="trilinear").to(x.dtype) for p in parts]
+        return torch.cat(up, dim=2) if len(up) > 1 else up[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.upsample_time(x)

@@ -1,0 +1,125 @@
+"""Our models against the original VidTok's own outputs (`../shared/conformance`, see its README).
+
+For every official config: the state dict has the original's keys, shapes and dtypes in the same order (loss
+included), and with the recipe's deterministic weights our encoder output, latent, reconstruction and FSQ
+indices equal the original's (indices exactly, tensors within 1e-4·max(1, max|theirs|)).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import CONFIGS
+from vidtok import load_model_from_config
+
+V1_0 = sorted(p.stem for p in CONFIGS.glob("vidtok_*.yaml"))
+V1_1 = sorted(p.stem for p in (CONFIGS / "vidtok_v1_1").glob("vidtok_*.yaml"))
+
+
+def assert_matches(ours: torch.Tensor, theirs: torch.Tensor, what: str) -> None:
+    assert ours.shape == theirs.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(theirs.shape)}"
+    tol = 1e-4 * max(1.0, theirs.abs().max().item())
+    diff = (ours.float() - theirs.float()).abs().max().item()
+    assert diff <= tol, f"{what}: max |ours - original| = {diff:.3g} > {tol:.3g}"
+
+
+def read_keys(path: Path) -> list[tuple[str, str, str]]:
+    return [tuple(line.split("\t")) for line in path.read_text().splitlines()]
+
+
+def state_dict_listing(model: torch.nn.Module) -> list[tuple[str, str, str]]:
+    return [
+        (k, ",".join(map(str, v.shape)), str(v.dtype).removeprefix("torch."))
+        for k, v in model.state_dict().items()
+    ]
+
+
+def test_every_official_config_has_vectors(conformance_dir):
+    assert len(V1_0) == 16 and len(V1_1) == 7
+    assert {p.stem for p in (conformance_dir / "keys").glob("*.tsv")} == set(V1_0)
+    assert {p.stem for p in (conformance_dir / "vectors").glob("*.pt")} == set(V1_0)
+    assert {p.stem for p in (conformance_dir / "keys" / "v1_1").glob("*.tsv")} == set(V1_1)
+    assert {p.stem for p in (conformance_dir / "vectors" / "v1_1").glob("*.pt")} == set(V1_1)
+
+
+@pytest.fixture(scope="module")
+def recipe(conformance_dir):
+    import recipe as module
+
+    return module
+
+
+@pytest.mark.parametrize("name", V1_0)
+def test_v1_0_config_matches_original(name, conformance_dir, recipe):
+    keys = read_keys(conformance_dir / "keys" / f"{name}.tsv")
+    vectors = torch.load(conformance_dir / "vectors" / f"{name}.pt", weights_only=True)
+
+    model = load_model_from_config(CONFIGS / f"{name}.yaml")
+    inference_keys = [k for k in keys if not k[0].startswith("loss.")]
+    assert state_dict_listing(model) == inference_keys
+
+    model.build_loss(lpips_pretrained=False)
+    assert state_dict_listing(model) == keys
+    assert sum(k[0].startswith("loss.") for k in keys) == 56
+
+    recipe.fill_parameters_(model)
+    model.eval()
+    x = vectors["x"]
+    with torch.no_grad():
+        h = model.encoder(x)
+        assert_matches(h, vectors["h"], "encoder output h")
+        if model.is_fsq:
+            z, log = model.regularization(h)
+            assert_matches(z, vectors["z"], "quantised z")
+            assert torch.equal(log["indices"], vectors["indices"]), "FSQ indices differ from the original's"
+            recon = model.decode(z)
+            assert_matches(recon, vectors["recon"], "reconstruction")
+            from_indices = model.decode(vectors["indices"], decode_from_indices=True)
+            assert torch.equal(from_indices, recon)
+            _, recon_forward, _ = model(x)
+            assert torch.equal(recon_forward, recon)
+            assert torch.equal(model.tokenize(x), vectors["indices"])
+        else:
+            z, _ = model.encode(x, sample=False)
+            assert_matches(z, vectors["z"], "posterior mean z")
+            recon = model.decode(vectors["z"])
+            assert_matches(recon, vectors["recon"], "reconstruction")
+        assert torch.isfinite(recon).all()
+
+
+
+@pytest.mark.parametrize("name", V1_1)
+def test_v1_1_config_matches_original_full_pass(name, conformance_dir, recipe):
+    keys = read_keys(conformance_dir / "keys" / "v1_1" / f"{name}.tsv")
+    vectors = torch.load(conformance_dir / "vectors" / "v1_1" / f"{name}.pt", weights_only=True)
+
+    model = load_model_from_config(CONFIGS / "vidtok_v1_1" / f"{name}.yaml")
+    model.build_loss(lpips_pretrained=False)
+    assert state_dict_listing(model) == keys
+
+    recipe.fill_parameters_(model)
+    model.eval()
+    x = vectors["x"]
+    T = x.shape[2]
+    with torch.no_grad():
+        h = model.encoder(x)
+        assert_matches(h, vectors["h"], "encoder output h")
+        if model.is_fsq:
+            z, log = model.regularization(h)
+            assert_matches(z, vectors["z"], "quantised z")
+            assert torch.equal(log["indices"], vectors["indices"]), "FSQ indices differ from the original's"
+            recon = model.decode(z)
+            from_indices = model.decode(vectors["indices"], decode_from_indices=True)
+            assert torch.equal(from_indices, recon)
+            z_fwd, recon_forward, log_fwd = model(x)
+            assert torch.equal(log_fwd["indices"], vectors["indices"])
+            assert_matches(recon_forward, vectors["recon_forward"], "forward reconstruction")
+        else:
+            z, _ = model.encode(x, sample=False)
+            assert_matches(z, vectors["z"], "posterior mean z")
+            recon = model.decode(vectors["z"])
+        assert_matches(recon, vectors["recon_uncropped"], "uncropped reconstruction")
+        assert_matches(recon[:, :, -T:], vectors["recon"], "reconstruction (last T frames)")
