@@ -54,7 +54,8 @@ def tiny_model_config(causal: bool = True, regularizer: str = "kl", variant: str
     }
     if causal:
         module = "model_3dcausal" if variant == "v1.0" else "model_3dcausal_v1_1"
-        encoder, decoder = f"vidtok.modules.{module}.EncoderCausal3DPadding", f"vidtok.modules.{module}.DecoderCausal3DPadding"
+        encoder = f"vidtok.modules.{module}.EncoderCausal3DPadding"
+        decoder = f"vidtok.modules.{module}.DecoderCausal3DPadding"
     else:
         encoder, decoder = "vidtok.modules.model_3dnoncausal.Encoder3D", "vidtok.modules.model_3dnoncausal.Decoder3D"
         params["time_downsample_factor"] = 4  # non-causal models resample time at fixed levels [L-2, L-3]

@@ -44,5 +44,6 @@ def load_model_from_config(
         try:
             model.init_from_ckpt(ckpt, ignore_keys=ignore_keys)
         except ValueError as err:
-            raise type(err)(f"{err} (config: {config if not isinstance(config, DictConfig) else '<in memory>'})") from err
+            where = "<in-memory config>" if isinstance(config, DictConfig) else str(config)
+            raise type(err)(f"{err} (config: {where})") from err
     return model

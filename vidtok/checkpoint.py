@@ -32,7 +32,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(path), device="cpu")
     if path.suffix not in TORCH_SUFFIXES:
-        raise ValueError(f"checkpoint {str(path)!r}: unknown format; expected one of {TORCH_SUFFIXES + ('.safetensors',)}")
+        known = ", ".join((*TORCH_SUFFIXES, ".safetensors"))
+        raise ValueError(f"checkpoint {str(path)!r}: unknown format; expected one of {known}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

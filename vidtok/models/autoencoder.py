@@ -15,8 +15,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from vidtok.models.training import TrainingMixin
 from vidtok.checkpoint import check_compatible, drop_ignored, read_state_dict
+from vidtok.models.training import TrainingMixin
 from vidtok.modules.fsq import FSQRegularizer
 from vidtok.util import instantiate_from_config
 
@@ -171,10 +171,10 @@ class AutoencodingEngine(TrainingMixin, pl.LightningModule):
         layout = self.encoder.layout
         if layout.input_pad == "fixed" and (T - 1) % tdf:
             good = ((T - 1) // tdf) * tdf + 1
+            shortened = self.decoder.output_frames(self.encoder.latent_frames(T))
             raise ValueError(
                 f"this v1.0 causal model reconstructs clips of T = 1 + k·{tdf} frames (e.g. {good} or {good + tdf}), "
-                f"got T={T}, which the original would silently shorten to {self.decoder.output_frames(self.encoder.latent_frames(T))}"
-                " frames; trim or pad the clip"
+                f"got T={T}, which the original would silently shorten to {shortened} frames; trim or pad the clip"
             )
         if layout.input_pad == "none" and T % tdf:
             raise ValueError(

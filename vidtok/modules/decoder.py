@@ -146,7 +146,7 @@ class VideoDecoder(nn.Module):
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         for i in reversed(range(self.num_resolutions)):
             up, up_temporal = self.up[i], self.up_temporal[i]
-            for spatial, temporal in zip(up.block, up_temporal.block):
+            for spatial, temporal in zip(up.block, up_temporal.block, strict=True):
                 h = spatial_temporal(h, spatial, temporal)
             if i in self.spatial_us:
                 h = batch_to_time(up.upsample(time_to_batch(h)), B)

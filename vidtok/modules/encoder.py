@@ -136,8 +136,8 @@ class VideoEncoder(nn.Module):
         if pad:
             x = pad_time_front(x, pad, self.init_pad_mode)
         h = self.conv_in(x)
-        for i, (down, down_temporal) in enumerate(zip(self.down, self.down_temporal)):
-            for spatial, temporal in zip(down.block, down_temporal.block):
+        for i, (down, down_temporal) in enumerate(zip(self.down, self.down_temporal, strict=True)):
+            for spatial, temporal in zip(down.block, down_temporal.block, strict=True):
                 h = spatial_temporal(h, spatial, temporal)
             if i in self.spatial_ds:
                 h = batch_to_time(down.downsample(time_to_batch(h)), B)

