@@ -52,12 +52,26 @@ def recipe(conformance_dir):
     return module
 
 
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network and no cached weights: building a model for inference must need neither."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("building a model tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    monkeypatch.setenv("VIDTOK_VGG16_PATH", str(tmp_path / "no-vgg16.pth"))
+
+
 @pytest.mark.parametrize("name", V1_0)
-def test_v1_0_config_matches_original(name, conformance_dir, recipe):
+def test_v1_0_config_matches_original(name, conformance_dir, recipe, offline):
     keys = read_keys(conformance_dir / "keys" / f"{name}.tsv")
     vectors = torch.load(conformance_dir / "vectors" / f"{name}.pt", weights_only=True)
 
     model = load_model_from_config(CONFIGS / f"{name}.yaml")
+    assert model.loss is None
     inference_keys = [k for k in keys if not k[0].startswith("loss.")]
     assert state_dict_listing(model) == inference_keys
 
@@ -92,7 +106,7 @@ def test_v1_0_config_matches_original(name, conformance_dir, recipe):
 
 
 @pytest.mark.parametrize("name", V1_1)
-def test_v1_1_config_matches_original_full_pass(name, conformance_dir, recipe):
+def test_v1_1_config_matches_original_full_pass(name, conformance_dir, recipe, offline):
     keys = read_keys(conformance_dir / "keys" / "v1_1" / f"{name}.tsv")
     vectors = torch.load(conformance_dir / "vectors" / "v1_1" / f"{name}.pt", weights_only=True)
 
