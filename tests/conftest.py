@@ -54,6 +54,8 @@ def tiny_model_config(causal: bool = True, regularizer: str = "kl", variant: str
     }
     if causal:
         module = "model_3dcausal" if variant == "v1.0" else "model_3dcausal_v1_1"
+        if variant == "v1.1":
+            params["interpolation_mode"] = "trilinear"
         encoder = f"vidtok.modules.{module}.EncoderCausal3DPadding"
         decoder = f"vidtok.modules.{module}.DecoderCausal3DPadding"
     else:

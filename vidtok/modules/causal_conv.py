@@ -33,6 +33,41 @@ def pad_time_front(x: torch.Tensor, frames: int, mode: TimePadMode) -> torch.Ten
     raise ValueError(f"time padding mode must be 'constant' or 'replicate', got {mode!r}")
 
 
+class TimeBuffer:
+    """Streaming state of one causal sliding-window op: the input frames that later windows still need."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self) -> None:
+        self.frames: torch.Tensor | None = None
+
+
+def causal_window(
+    x: torch.Tensor, pad: int, extent: int, stride: int, mode: TimePadMode, buffer: TimeBuffer | None
+) -> torch.Tensor:
+    """The input a causal op of time `extent` and `stride` should convolve without padding.
+
+    Whole clip (`buffer` None): `x` with `pad` frames in front. Streaming: the previous chunks' unconsumed frames
+    (or the front padding, at the start of the stream) followed by `x`, cut to whole windows; the frames the next
+    windows need are kept in `buffer`. The result may have no frames.
+    """
+    if buffer is None:
+        return pad_time_front(x, pad, mode)
+    if buffer.frames is None:
+        if x.shape[2] == 0:
+            return x
+        x = pad_time_front(x, pad, mode)
+    else:
+        x = torch.cat([buffer.frames, x], dim=2)
+    windows = (x.shape[2] - extent) // stride + 1 if x.shape[2] >= extent else 0
+    buffer.frames = x[:, :, windows * stride :]
+    return x[:, :, : (windows - 1) * stride + extent] if windows else x[:, :, :0]
+
+
+def _no_frames(x: torch.Tensor, channels: int) -> torch.Tensor:
+    return x.new_zeros((x.shape[0], channels, 0, *x.shape[3:]))
+
+
 class CausalConv3d(nn.Module):
     """3D convolution, causal in time. Input `[B, C, T, H, W]`; output has `ceil(T / stride_t)` frames."""
 
@@ -54,7 +89,9 @@ class CausalConv3d(nn.Module):
         if sh != 1 or sw != 1:
             raise ValueError(f"CausalConv3d pads space symmetrically and needs spatial stride 1, got {(sh, sw)}")
         self.time_pad = dt * (kt - 1) + (1 - st)
+        self.time_extent = dt * (kt - 1) + 1
         self.time_pad_mode = time_pad_mode
+        self.stream: TimeBuffer | None = None
         # symmetric spatial padding is the conv's own zero padding: no extra copy of the input
         self.conv = nn.Conv3d(
             in_channels,
@@ -66,7 +103,9 @@ class CausalConv3d(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(pad_time_front(x, self.time_pad, self.time_pad_mode))
+        st = self.conv.stride[0]
+        x = causal_window(x, self.time_pad, self.time_extent, st, self.time_pad_mode, self.stream)
+        return self.conv(x) if x.shape[2] else _no_frames(x, self.conv.out_channels)
 
 
 class CausalConv1d(nn.Module):
@@ -84,12 +123,14 @@ class CausalConv1d(nn.Module):
     ):
         super().__init__()
         self.time_pad = dilation * (kernel_size - 1) + (1 - stride)
+        self.time_extent = dilation * (kernel_size - 1) + 1
         self.time_pad_mode = time_pad_mode
+        self.stream: TimeBuffer | None = None
         self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = pad_time_front(x, self.time_pad, self.time_pad_mode)
-        return conv1d_over_time(self.conv, x)
+        x = causal_window(x, self.time_pad, self.time_extent, self.conv.stride[0], self.time_pad_mode, self.stream)
+        return conv1d_over_time(self.conv, x) if x.shape[2] else _no_frames(x, self.conv.out_channels)
 
 
 def conv1d_over_time(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:

@@ -141,6 +141,13 @@ class VideoDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """`[B, z, T', H', W']` -> `[B, out_ch, T, H·f, W·f]`."""
+        h = self.forward_frames(z)
+        if self.layout.crop_output and not self.give_pre_end:
+            h = h[:, :, self.time_downsample_factor - 1 :]
+        return h
+
+    def forward_frames(self, z: torch.Tensor) -> torch.Tensor:
+        """The network without the v1.0 output crop (streaming crops once, at the start of the video)."""
         B = z.shape[0]
         h = self.conv_in(z)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
@@ -155,8 +162,4 @@ class VideoDecoder(nn.Module):
         if self.give_pre_end:
             return h
         h = self.conv_out(F.silu(self.norm_out(h)))
-        if self.tanh_out:
-            h = torch.tanh(h)
-        if self.layout.crop_output:
-            h = h[:, :, self.time_downsample_factor - 1 :]
-        return h
+        return torch.tanh(h) if self.tanh_out else h

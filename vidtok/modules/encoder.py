@@ -131,10 +131,12 @@ class VideoEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, C_in, T, H, W]` -> `[B, 2z or z, T', H/f, W/f]` (raw encoder output, before any regularizer)."""
-        B = x.shape[0]
         pad = self.layout.front_pad(x.shape[2], self.time_downsample_factor)
-        if pad:
-            x = pad_time_front(x, pad, self.init_pad_mode)
+        return self.forward_frames(pad_time_front(x, pad, self.init_pad_mode))
+
+    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """The network without the input padding (streaming pads once, at the start of the video)."""
+        B = x.shape[0]
         h = self.conv_in(x)
         for i, (down, down_temporal) in enumerate(zip(self.down, self.down_temporal, strict=True)):
             for spatial, temporal in zip(down.block, down_temporal.block, strict=True):

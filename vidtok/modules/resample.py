@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .causal_conv import TimePadMode, pad_time_front
+from .causal_conv import TimeBuffer, TimePadMode, causal_window
 from .resblock import make_conv3d
 
 
@@ -57,6 +57,7 @@ class TemporalDownsample(_AlphaBlend):
         super().__init__(mix_factor)
         self.causal = causal
         self.time_pad_mode = time_pad_mode
+        self.stream: TimeBuffer | None = None  # the average's window when streaming; the conv keeps its own
         if causal:
             self.conv = make_conv3d(channels, channels, 3, True, time_pad_mode, stride=(2, 1, 1))
         else:
@@ -64,8 +65,11 @@ class TemporalDownsample(_AlphaBlend):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.causal:
-            pooled = F.avg_pool3d(pad_time_front(x, 1, self.time_pad_mode), (3, 1, 1), stride=(2, 1, 1))
-            return self.blend(pooled, self.conv(x))
+            window = causal_window(x, 1, 3, 2, self.time_pad_mode, self.stream)
+            learnt = self.conv(x)
+            if window.shape[2] == 0:
+                return learnt
+            return self.blend(F.avg_pool3d(window, (3, 1, 1), stride=(2, 1, 1)), learnt)
         x = F.pad(x, (0, 0, 0, 0, 0, 1))
         return self.blend(F.avg_pool3d(x, (3, 1, 1), stride=(2, 1, 1)), self.conv(x))
 
@@ -94,11 +98,14 @@ class TemporalUpsample(_AlphaBlend):
             raise ValueError(f"interpolation_mode must be 'nearest' or 'trilinear', got {interpolation_mode!r}")
         self.interpolation_mode = interpolation_mode
         self.num_temp_upsample = num_temp_upsample
+        self.stream: LinearUpsampleStream | None = None
         self.conv = make_conv3d(channels, channels, 3, causal, time_pad_mode)
 
     def upsample_time(self, x: torch.Tensor) -> torch.Tensor:
         if self.interpolation_mode == "nearest":
             return torch.repeat_interleave(x, 2, dim=2)
+        if self.stream is not None:
+            return self.stream.push(x, self.num_temp_upsample)
         n = self.num_temp_upsample
         parts = [p for p in (x[:, :, :n], x[:, :, n:]) if p.shape[2]]
         up = [F.interpolate(p.float(), scale_factor=(2.0, 1.0, 1.0), mode="trilinear").to(x.dtype) for p in parts]
@@ -107,3 +114,41 @@ class TemporalUpsample(_AlphaBlend):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.upsample_time(x)
         return self.blend(x, self.conv(x))
+
+
+class LinearUpsampleStream:
+    """Streaming state of a v1.1 linear ×2 time upsampler.
+
+    Output frames 2i and 2i+1 are 0.75·x[i] + 0.25·x[i-1] and 0.75·x[i] + 0.25·x[i+1], with the neighbour replaced
+    by x[i] at the ends of a segment (the first `n` frames form one segment, the rest another). Frame 2i+1 needs
+    x[i+1], so the last frame's second half waits for the next chunk, or for `finish()` at the end of the video.
+    """
+
+    def __init__(self) -> None:
+        self.seen = 0  # input frames received so far
+        self.last: torch.Tensor | None = None  # x[seen-1], whose second output frame is still owed
+        self.final = False  # set at the end of the stream: the owed frame uses x[i] as its right neighbour
+
+    def push(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        frames = list(x.unbind(dim=2))
+        out: list[torch.Tensor] = []
+        prev = self.last
+        if prev is not None and frames:
+            out.append(0.75 * prev + 0.25 * frames[0])
+        for j, frame in enumerate(frames):
+            g = self.seen + j
+            left = prev if prev is not None and g != n else frame
+            out.append(0.75 * frame + 0.25 * left)
+            if g == n - 1:  # the first segment ends here: clamp now; the next frame starts a segment
+                out.append(frame)
+                prev = None
+            else:
+                if j + 1 < len(frames):
+                    out.append(0.75 * frame + 0.25 * frames[j + 1])
+                prev = frame
+        self.seen += len(frames)
+        if self.final and prev is not None:
+            out.append(prev)
+            prev = None
+        self.last = prev
+        return torch.stack(out, dim=2) if out else x[:, :, :0]

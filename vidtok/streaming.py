@@ -1,0 +1,151 @@
+"""Frame-exact streaming for causal models (v1.0 and v1.1): encode a video chunk by chunk as its frames are read,
+and decode latents chunk by chunk, with results equal to the whole-clip pass and memory that does not grow with
+the video's length.
+
+Every time-mixing layer of a causal VidTok model is a causal sliding window (convs, the temporal average), a
+frame repeat, or (v1.1) a linear ×2 upsampler that needs one frame of lookahead. While streaming, each keeps the
+few input frames its next outputs need (`TimeBuffer`, `LinearUpsampleStream`); every other layer works per frame.
+A chunk can hold any number of frames, including ones that do not fill a temporal window: the leftovers wait for
+the next chunk.
+
+    encoder = StreamingEncoder(model, num_frames=T)       # T, when known, fixes the v1.1 front padding
+    latents = [encoder.push(chunk) for chunk in chunks]   # chunk: [B, 3, t, H, W]; each result: [B, z, t', h, w]
+    decoder = StreamingDecoder(model)
+    frames = [decoder.push(z) for z in latents] + [decoder.finish()]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from vidtok.modules.causal_conv import CausalConv1d, CausalConv3d, TimeBuffer, pad_time_front
+from vidtok.modules.resample import LinearUpsampleStream, TemporalDownsample, TemporalUpsample
+
+
+def _install(module: nn.Module) -> list[LinearUpsampleStream]:
+    """Give every time-mixing layer of `module` fresh streaming state; returns the upsamplers' states."""
+    upsamplers = []
+    for m in module.modules():
+        if isinstance(m, CausalConv3d | CausalConv1d) or (isinstance(m, TemporalDownsample) and m.causal):
+            m.stream = TimeBuffer()
+        elif isinstance(m, TemporalUpsample) and m.interpolation_mode == "trilinear":
+            m.stream = LinearUpsampleStream()
+            upsamplers.append(m.stream)
+    return upsamplers
+
+
+def _remove(module: nn.Module) -> None:
+    for m in module.modules():
+        if hasattr(m, "stream"):
+            m.stream = None
+
+
+@contextmanager
+def _streaming(module: nn.Module) -> Iterator[list[LinearUpsampleStream]]:
+    upsamplers = _install(module)
+    try:
+        yield upsamplers
+    finally:
+        _remove(module)
+
+
+def _require_causal(model) -> None:
+    if not model.is_causal:
+        raise ValueError("streaming needs a causal model: a non-causal model's every frame depends on the whole clip")
+
+
+class StreamingEncoder:
+    """Encodes a video pushed in chunks of frames; `push` returns the latent frames that are complete so far.
+
+    With `num_frames` the front padding is the whole-clip pass's for that length; without it, it is that of
+    T ≡ 1 (mod tdf), the lengths v1.0 models accept (17, 33, …). KL latents are the posterior mean.
+    """
+
+    def __init__(self, model, num_frames: int | None = None):
+        _require_causal(model)
+        self.model = model
+        encoder = model.encoder
+        tdf = encoder.time_downsample_factor
+        self._pad = encoder.layout.front_pad(num_frames if num_frames is not None else 1, tdf)
+        self._started = False
+        _install(encoder)
+
+    @torch.no_grad()
+    def push(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`frames` `[B, 3, t, H, W]` -> (latent `[B, z, t', H/f, W/f]`, regularizer log); t' may be 0."""
+        encoder = self.model.encoder
+        if not self._started and frames.shape[2]:
+            frames = pad_time_front(frames, self._pad, encoder.init_pad_mode)
+            self._started = True
+        h = encoder.forward_frames(frames)
+        kwargs = {} if self.model.is_fsq else {"sample": False}
+        return self.model.regularization(h, **kwargs)
+
+    def close(self) -> None:
+        """Drop the streaming state (the model works on whole clips again)."""
+        _remove(self.model.encoder)
+
+
+class StreamingDecoder:
+    """Decodes latents pushed in chunks; `push` returns the frames that are final, `finish` the rest."""
+
+    def __init__(self, model):
+        _require_causal(model)
+        self.model = model
+        decoder = model.decoder
+        self._to_drop = decoder.time_downsample_factor - 1 if decoder.layout.crop_output else 0
+        self._upsamplers = _install(decoder)
+        self._empty: torch.Tensor | None = None  # a zero-frame latent shaped like the pushed ones
+
+    def _crop(self, x: torch.Tensor) -> torch.Tensor:
+        drop = min(self._to_drop, x.shape[2])
+        self._to_drop -= drop
+        return x[:, :, drop:]
+
+    @torch.no_grad()
+    def push(self, z: torch.Tensor, from_indices: bool = False) -> torch.Tensor:
+        """Latent `[B, z, t', h, w]` (or FSQ indices `[B, t', h, w]`) -> video frames `[B, 3, t, H, W]`."""
+        if from_indices:
+            z = self.model.regularization.indices_to_codes(z).to(next(self.model.decoder.parameters()).dtype)
+        self._empty = z[:, :, :0]
+        return self._crop(self.model.decoder.forward_frames(z))
+
+    @torch.no_grad()
+    def finish(self) -> torch.Tensor:
+        """The frames held back for lookahead (v1.1 upsamplers), then the state is dropped."""
+        for state in self._upsamplers:
+            state.final = True
+        decoder = self.model.decoder
+        try:
+            if self._empty is None:
+                raise ValueError("finish() before any latent was pushed")
+            # an empty chunk flows through every layer; each upsampler emits what it held, in network order
+            return self._crop(decoder.forward_frames(self._empty))
+        finally:
+            _remove(decoder)
+
+
+def encode_in_chunks(model, x: torch.Tensor, chunk_frames: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Encode a whole clip `[B, 3, T, H, W]` by streaming it in chunks of `chunk_frames` frames."""
+    encoder = StreamingEncoder(model, num_frames=x.shape[2])
+    try:
+        parts = [encoder.push(x[:, :, i : i + chunk_frames]) for i in range(0, x.shape[2], chunk_frames)]
+    finally:
+        encoder.close()
+    z = torch.cat([p[0] for p in parts], dim=2)
+    log = {}
+    if "indices" in parts[0][1]:
+        log["indices"] = torch.cat([p[1]["indices"] for p in parts], dim=1)
+    return z, log
+
+
+def decode_in_chunks(model, z: torch.Tensor, chunk_latents: int) -> torch.Tensor:
+    """Decode a latent `[B, z, T', h, w]` by streaming it in chunks of `chunk_latents` latent frames."""
+    decoder = StreamingDecoder(model)
+    parts = [decoder.push(z[:, :, i : i + chunk_latents]) for i in range(0, z.shape[2], chunk_latents)]
+    parts.append(decoder.finish())
+    return torch.cat(parts, dim=2)
