@@ -68,7 +68,6 @@ def test_pushing_frames_one_by_one_yields_latents_as_soon_as_complete():
     model = build(True, "kl", "v1.0")
     encoder = StreamingEncoder(model)
     sizes = [encoder.push(frame)[0].shape[2] for frame in clip(9).split(1, dim=2)]
-    encoder.close()
     # tdf 2, v1.0 pads one frame in front: frame 0 completes latent 0, then every second frame one more
     assert sizes == [1, 0, 1, 0, 1, 0, 1, 0, 1]
 

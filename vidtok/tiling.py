@@ -1,0 +1,101 @@
+"""Spatial tiling: run a network on overlapping tiles of each frame and blend the results, so peak memory depends
+on the tile size, not on the frame size.
+
+Tiles overlap by `overlap` pixels (latent positions, when decoding); in an overlap the two results are mixed
+with linear ramps, so no seam shows. A tile sees zero padding at its own borders where the full frame would have
+neighbours, so tiled and untiled results differ slightly near tile borders, most of all inside the overlaps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Tile size and overlap, in the units of the tensor being split (pixels for encoding, latents for decoding)."""
+
+    size: int
+    overlap: int
+
+    def __post_init__(self) -> None:
+        if self.size <= 0 or not 0 <= self.overlap < self.size:
+            raise ValueError(f"tiles need size > overlap >= 0, got size={self.size}, overlap={self.overlap}")
+
+    def spans(self, length: int, multiple: int = 1) -> list[tuple[int, int]]:
+        """Start/end of the tiles covering `length`; starts are multiples of `multiple`, the last tile ends flush
+        with `length` (both `length` and `size` must then be multiples of `multiple`)."""
+        if length <= self.size:
+            return [(0, length)]
+        if self.size % multiple or length % multiple:
+            raise ValueError(f"tile size {self.size} and frame size {length} must be multiples of {multiple}")
+        step = max(multiple, (self.size - self.overlap) // multiple * multiple)
+        starts = list(range(0, length - self.size, step)) + [length - self.size]
+        return [(s, s + self.size) for s in starts]
+
+
+def _ramp(length: int, before: int, after: int, device, dtype) -> torch.Tensor:
+    """Weights along one axis of a tile: rising over `before` positions, falling over `after`, else 1."""
+    w = torch.ones(length, device=device, dtype=dtype)
+    if before:
+        w[:before] = (torch.arange(before, device=device, dtype=dtype) + 0.5) / before
+    if after:
+        w[length - after :] = torch.minimum(
+            w[length - after :], (torch.arange(after, 0, -1, device=device, dtype=dtype) - 0.5) / after
+        )
+    return w
+
+
+def run_tiled(
+    fn: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor],
+    x: torch.Tensor,
+    tiling: Tiling,
+    scale: float,
+    multiple: int = 1,
+) -> torch.Tensor:
+    """Apply `fn` to overlapping spatial tiles of `x` `[B, C, T, H, W]` and blend the outputs.
+
+    `fn(tile, (row, col))` maps a tile of size (h, w) to an output of size (h·scale, w·scale) and any number of
+    frames (all tiles give the same count); tiles come in the same order on every call. `multiple` keeps tile
+    starts on a grid (the encoder's spatial factor), so output tiles land on whole positions.
+    """
+    H, W = x.shape[-2:]
+    rows, cols = tiling.spans(H, multiple), tiling.spans(W, multiple)
+    out = weight = None
+    for i, (r0, r1) in enumerate(rows):
+        for j, (c0, c1) in enumerate(cols):
+            y = fn(x[..., r0:r1, c0:c1], (i, j))
+            if out is None:
+                out = y.new_zeros((*y.shape[:3], round(H * scale), round(W * scale)))
+                weight = y.new_zeros((1, 1, 1, round(H * scale), round(W * scale)))
+            o_r0, o_r1, o_c0, o_c1 = (round(v * scale) for v in (r0, r1, c0, c1))
+            # ramps only where this tile overlaps a neighbour
+            top = round((rows[i - 1][1] - r0) * scale) if i > 0 else 0
+            bottom = round((r1 - rows[i + 1][0]) * scale) if i + 1 < len(rows) else 0
+            left = round((cols[j - 1][1] - c0) * scale) if j > 0 else 0
+            right = round((c1 - cols[j + 1][0]) * scale) if j + 1 < len(cols) else 0
+            w = _ramp(o_r1 - o_r0, top, bottom, y.device, y.dtype)[:, None] * _ramp(
+                o_c1 - o_c0, left, right, y.device, y.dtype
+            )[None, :]
+            out[..., o_r0:o_r1, o_c0:o_c1] += y * w
+            weight[..., o_r0:o_r1, o_c0:o_c1] += w
+    return out / weight
+
+
+def encode_tiled(model, x: torch.Tensor, tiling: Tiling, sample: bool = False) -> tuple[torch.Tensor, dict]:
+    """Whole-clip encode of `[B, 3, T, H, W]` on overlapping pixel tiles (any model); the encoder outputs are
+    blended before the regularizer, so FSQ tokens stay valid codes."""
+    model._check_video(x)
+    f = model.spatial_downsample_factor
+    with torch.no_grad():
+        h = run_tiled(lambda tile, _: model.encoder(tile), x, tiling, 1 / f, f)
+        return model.regularization(h, **({} if model.is_fsq else {"sample": sample}))
+
+
+def decode_tiled(model, z: torch.Tensor, tiling: Tiling) -> torch.Tensor:
+    """Whole-clip decode of a latent `[B, z, T', h, w]` on overlapping latent tiles (any model)."""
+    with torch.no_grad():
+        return run_tiled(lambda tile, _: model.decoder(tile), z, tiling, model.spatial_downsample_factor)
