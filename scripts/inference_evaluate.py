@@ -1,6 +1,111 @@
-"""Reconstruction metrics over a folder of videos (the evaluation CLI is being written; the loader is here so that
-`from scripts.inference_evaluate import load_model_from_config` works as in the original's README)."""
+"""Evaluate a VidTok tokenizer's reconstructions (PSNR, SSIM, LPIPS, optionally FVD) over a folder of videos.
+
+    python scripts/inference_evaluate.py --config CONFIG --ckpt CKPT --data_dir DATA_DIR \
+        --num_frames_per_batch 17 --input_height 256 --input_width 256 --sample_fps 30 [--meta_path META]
+
+Every `*.mp4` under DATA_DIR is evaluated (or the `videos` column of META). The protocol is described in
+:mod:`vidtok.evaluate`. `load_model_from_config` is re-exported here because the original README imports it from
+this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
 
 from vidtok.api import load_model_from_config
+from vidtok.evaluate import evaluate, format_metrics, load_metric_networks
+from vidtok.inference import PRECISIONS, default_device, str2bool
+from vidtok.metrics import METRIC_NAMES, parse_metrics
 
-__all__ = ["load_model_from_config"]
+__all__ = ["load_model_from_config", "build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=42, help="seed (the KL posterior is sampled)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="full", help="full (fp32) or autocast")
+    parser.add_argument("--config", default="configs/vidtok_kl_causal_488_4chn.yaml", help="model config (YAML)")
+    parser.add_argument("--ckpt", default="checkpoints/vidtok_kl_causal_488_4chn.ckpt", help="model checkpoint")
+    parser.add_argument("--data_dir", default="./", help="folder of videos (every **/*.mp4 unless --meta_path)")
+    parser.add_argument("--meta_path", default=None, help="CSV with a 'videos' column of paths relative to data_dir")
+    parser.add_argument("--input_height", type=int, default=256, help="frame height (shorter side is resized to it)")
+    parser.add_argument("--input_width", type=int, default=256, help="frame width (centre crop)")
+    parser.add_argument("--sample_fps", type=int, default=30, help="frames per second to sample")
+    parser.add_argument(
+        "--num_frames_per_batch", type=int, default=None,
+        help="frames per clip: 17 for causal models, 16 for non-causal ones (sets --chunk_size to 16)",
+    )
+    parser.add_argument(
+        "--chunk_size", type=int, default=None,
+        help="temporal chunk (default 16): clips are chunk_size+1 frames (causal) or chunk_size (non-causal)",
+    )
+    parser.add_argument("--read_long_video", action="store_true", help="each video as one clip")
+    parser.add_argument(
+        "--metrics", default="psnr,ssim,lpips",
+        help=f"comma-separated, from {','.join(METRIC_NAMES)} (default psnr,ssim,lpips)",
+    )
+    parser.add_argument("--i3d_path", default=None, help="i3d_torchscript.pt for FVD (default: the cache paths)")
+    parser.add_argument("--output", default=None, help="folder for metrics_per_video.csv and metrics_summary.json")
+    parser.add_argument(
+        "--count_padded_frames", type=str2bool, nargs="?", const=True, default=True,
+        help="score the repeated frames that pad each video's last clip, as the original does (default true)",
+    )
+    parser.add_argument(
+        "--sample_posterior", type=str2bool, nargs="?", const=True, default=True,
+        help="KL models: sample the posterior as the original does (default) or decode its mean (false)",
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        metrics = parse_metrics(args.metrics)
+    except ValueError as err:
+        parser.error(str(err))
+    device = default_device() if args.device is None else args.device
+    print(f"[scripts.inference_evaluate] Evaluating model {args.ckpt}")
+    try:
+        lpips_model, i3d = load_metric_networks(metrics, device, args.i3d_path)
+        model = load_model_from_config(args.config, args.ckpt).to(device).eval()
+        result = evaluate(
+            model,
+            args.data_dir,
+            meta_path=args.meta_path,
+            input_height=args.input_height,
+            input_width=args.input_width,
+            sample_fps=args.sample_fps,
+            chunk_size=args.chunk_size,
+            num_frames_per_batch=args.num_frames_per_batch,
+            read_long_video=args.read_long_video,
+            metrics=metrics,
+            lpips_model=lpips_model,
+            i3d=i3d,
+            count_padded_frames=args.count_padded_frames,
+            sample_posterior=args.sample_posterior,
+            precision=args.precision,
+            seed=args.seed,
+            device=device,
+            progress=not args.no_progress,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for video in result.failed:
+        print(f"left out {video.path} ({video.status}): {video.reason}", file=sys.stderr)
+    print(f"[scripts.inference_evaluate] {format_metrics(result.metrics)}")
+    print(f"[scripts.inference_evaluate] Time taken: {result.seconds:.2f}s")
+    if args.output is not None:
+        csv_path, json_path = result.write(args.output)
+        print(f"[scripts.inference_evaluate] Per-video results: {csv_path}; summary: {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -97,20 +97,34 @@ def test_ignore_keys_drops_matching_keys(tiny, tmp_path):
     assert_same_weights(model, load_model_from_config(cfg_path, ckpt, ignore_keys=[r"encoder\.legacy"]))
 
 
-def test_loss_keys_load_into_the_loss_once_built(tiny):
-    pytest.importorskip("vidtok.modules.losses")
-    _, cfg_path, ckpt = tiny
-    cfg = OmegaConf.load(cfg_path)
-    cfg.model.params.loss_config = {
+def test_loss_keys_load_into_the_loss_once_built(tiny, tmp_path):
+    model, cfg_path, _ = tiny
+    loss_config = {
         "target": "vidtok.modules.losses.GeneralLPIPSWithDiscriminator",
-        "params": {"disc_start": 1, "lpips_pretrained": False, "perceptual_weight": 1.0},
+        "params": {"disc_start": 1, "lpips_pretrained": False, "learn_logvar": True, "disc_type": "2d"},
     }
-    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    trained_loss = instantiate_from_config(loss_config)
+    with torch.no_grad():
+        trained_loss.logvar.fill_(0.5)
+    state = dict(model.state_dict())
+    state.update({f"loss.{k}": v for k, v in trained_loss.state_dict().items()})
+    ckpt = tmp_path / "with_loss.ckpt"
+    torch.save({"state_dict": state}, ckpt)
+
+    cfg = OmegaConf.load(cfg_path)
+    cfg.model.params.loss_config = loss_config
+    loaded = load_model_from_config(cfg, ckpt)
+    assert loaded.loss is None
+    loss = loaded.build_loss()
+    assert loss.logvar.item() == 0.5
+    for k, v in trained_loss.state_dict().items():
+        assert torch.equal(loss.state_dict()[k], v), k
+
     del state["loss.discriminator.main.0.weight"]
     torch.save({"state_dict": state}, ckpt)
-    model = load_model_from_config(cfg, ckpt)
-    loss = model.build_loss()
-    assert loss.logvar.item() == 0.5
+    partial = load_model_from_config(cfg, ckpt)
+    with pytest.raises(CheckpointMismatchError, match="1 missing: discriminator.main.0.weight"):
+        partial.build_loss()
 
 
 def test_missing_file_and_unknown_format(tmp_path, tiny):

@@ -34,12 +34,17 @@ def pad_time_front(x: torch.Tensor, frames: int, mode: TimePadMode) -> torch.Ten
 
 
 class TimeBuffer:
-    """Streaming state of one causal sliding-window op: the input frames that later windows still need."""
+    """Streaming state of one causal sliding-window op: the input frames that later windows still need.
 
-    __slots__ = ("frames",)
+    `rewind` > 0 keeps the state as it was before the last `rewind` input frames of each chunk: the original's
+    overlapping chunked decode (`cache_offset`) recomputes those frames in the next chunk.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("frames", "rewind")
+
+    def __init__(self, rewind: int = 0) -> None:
         self.frames: torch.Tensor | None = None
+        self.rewind = rewind
 
 
 def causal_window(
@@ -59,9 +64,14 @@ def causal_window(
         x = pad_time_front(x, pad, mode)
     else:
         x = torch.cat([buffer.frames, x], dim=2)
-    windows = (x.shape[2] - extent) // stride + 1 if x.shape[2] >= extent else 0
-    buffer.frames = x[:, :, windows * stride :]
+    windows = _windows(x.shape[2], extent, stride)
+    kept = x[:, :, : x.shape[2] - buffer.rewind]
+    buffer.frames = kept[:, :, _windows(kept.shape[2], extent, stride) * stride :]
     return x[:, :, : (windows - 1) * stride + extent] if windows else x[:, :, :0]
+
+
+def _windows(length: int, extent: int, stride: int) -> int:
+    return (length - extent) // stride + 1 if length >= extent else 0
 
 
 def _no_frames(x: torch.Tensor, channels: int) -> torch.Tensor:

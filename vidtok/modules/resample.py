@@ -98,7 +98,7 @@ class TemporalUpsample(_AlphaBlend):
             raise ValueError(f"interpolation_mode must be 'nearest' or 'trilinear', got {interpolation_mode!r}")
         self.interpolation_mode = interpolation_mode
         self.num_temp_upsample = num_temp_upsample
-        self.stream: LinearUpsampleStream | None = None
+        self.stream: LinearUpsampleStream | ChunkedUpsampleCache | None = None
         self.conv = make_conv3d(channels, channels, 3, causal, time_pad_mode)
 
     def upsample_time(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,3 +152,30 @@ class LinearUpsampleStream:
             prev = None
         self.last = prev
         return torch.stack(out, dim=2) if out else x[:, :, :0]
+
+
+class ChunkedUpsampleCache:
+    """The original's chunk cache for a v1.1 linear upsampler, kept for its chunked mode (`use_tiling`).
+
+    First chunk: the first `n` frames and the rest are interpolated apart, and the last `n` frames are cached.
+    Later chunks: the cache is prepended, everything is interpolated, the cache's `2n` outputs are dropped, and the
+    `n` frames before the last `n` are cached. With overlapping decoder chunks the cache ends up holding frames that
+    the next chunk also contains, so some frames get the wrong left neighbour: that is why the original's chunked
+    decode differs from its whole-clip decode (~3e-3), and why `LinearUpsampleStream` is used for exact streaming.
+    """
+
+    def __init__(self) -> None:
+        self.cache: torch.Tensor | None = None
+
+    @staticmethod
+    def _interpolate(x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x.float(), scale_factor=(2.0, 1.0, 1.0), mode="trilinear").to(x.dtype)
+
+    def push(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        if self.cache is None:
+            self.cache = x[:, :, -n:]
+            parts = [p for p in (x[:, :, :n], x[:, :, n:]) if p.shape[2]]
+            return torch.cat([self._interpolate(p) for p in parts], dim=2)
+        x = torch.cat([self.cache, x], dim=2)
+        self.cache = x[:, :, -2 * n : -n]
+        return self._interpolate(x)[:, :, 2 * n :]

@@ -1,0 +1,146 @@
+"""`scripts/inference_reconstruct.py` and `vidtok.reconstruct`: every frame comes back, clip by clip as the original
+cuts them, and the side-by-side video is written as the original writes it."""
+
+from __future__ import annotations
+
+import decord
+import numpy as np
+import pytest
+import torch
+
+from scripts import inference_reconstruct
+from tests.video_helpers import read_video_reference, save_tiny_model, split_padded, write_test_video
+from vidtok.inference import long_clip_length, to_uint8, write_video
+from vidtok.reconstruct import forward_after_context, output_path_for, reconstruct_video
+
+SIZE = dict(input_height=32, input_width=32)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """name -> (config, ckpt, model) for the tiny causal FSQ (v1.0 and v1.1) and non-causal KL models."""
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "causal": save_tiny_model(root, causal=True, regularizer="fsq"),
+        "v1.1": save_tiny_model(root, causal=True, regularizer="fsq", variant="v1.1"),
+        "noncausal": save_tiny_model(root, causal=False, regularizer="fsq"),
+    }
+
+
+@pytest.fixture(scope="module")
+def video20(tmp_path_factory):
+    return write_test_video(tmp_path_factory.mktemp("videos") / "clip.mp4", num_frames=20)
+
+
+def reference_uint8(x: torch.Tensor) -> np.ndarray:
+    """The original's `tensor_to_uint8`, on `[1, 3, T, H, W]` -> `[T, H, W, 3]`."""
+    unit = (torch.clamp(x, -1.0, 1.0) + 1.0) / 2.0
+    return (unit[0].permute(1, 2, 3, 0).numpy() * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("name", "length"), [("causal", 17), ("noncausal", 16)])
+def test_every_frame_is_reconstructed_clip_by_clip(models, video20, name, length):
+    _, _, model = models[name]
+    result = reconstruct_video(model, video20, sample_fps=30, progress=False, **SIZE)
+    frames = read_video_reference(video20, 32, 32, 30)  # [3, 20, 32, 32]
+    expected_in, expected_out = [], []
+    with torch.no_grad():
+        for x, valid in split_padded(frames, length):  # the tail (3 or 4 frames) is padded, run, then trimmed
+            expected_in.append(reference_uint8(x)[:valid])
+            expected_out.append(reference_uint8(model(x)[1])[:valid])
+    assert result.clip_length == length and result.num_clips == 2
+    assert result.inputs.shape == result.outputs.shape == (20, 32, 32, 3)
+    np.testing.assert_array_equal(result.inputs, np.concatenate(expected_in))
+    np.testing.assert_array_equal(result.outputs, np.concatenate(expected_out))
+    assert result.side_by_side().shape == (20, 32, 64, 3)
+    np.testing.assert_array_equal(result.side_by_side(concat_input=False), result.outputs)
+
+
+def test_the_script_writes_input_beside_reconstruction_at_sample_fps(models, video20, tmp_path, capsys):
+    config, ckpt, _ = models["causal"]
+    args = ["--config", str(config), "--ckpt", str(ckpt), "--input_video_path", str(video20),
+            "--num_frames_per_batch", "17", "--input_height", "32", "--input_width", "32", "--no_progress"]
+    assert inference_reconstruct.main([*args, "--sample_fps", "30", "--output_video_dir", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    path = tmp_path / "a" / "clip_reconstructed.mp4"
+    assert f"Results saved in: {path}" in out and "Time taken: " in out
+    reader = decord.VideoReader(str(path))
+    assert len(reader) == 20 and reader.get_avg_fps() == pytest.approx(30) and reader[0].shape == (32, 64, 3)
+
+    # 30 fps source read at 10 fps: every 3rd frame, written at 10 fps; output alone
+    code = inference_reconstruct.main(
+        [*args, "--sample_fps", "10", "--concate_input", "false", "--output_video_dir", str(tmp_path / "b")]
+    )
+    assert code == 0
+    reader = decord.VideoReader(str(output_path_for(video20, tmp_path / "b")))
+    assert len(reader) == 7 and reader.get_avg_fps() == pytest.approx(10) and reader[0].shape == (32, 32, 3)
+
+
+def test_pad_gen_frames_feeds_the_previous_reconstruction_as_context(models, video20):
+    _, _, model = models["causal"]  # tdf 2: one context frame
+    plain = reconstruct_video(model, video20, sample_fps=30, progress=False, **SIZE)
+    padded = reconstruct_video(model, video20, sample_fps=30, pad_gen_frames=True, progress=False, **SIZE)
+    np.testing.assert_array_equal(padded.outputs[:17], plain.outputs[:17])  # the first clip has no context
+
+    frames = read_video_reference(video20, 32, 32, 30)
+    (first, _), (second, valid) = split_padded(frames, 17)
+    with torch.no_grad():
+        context = model(first)[1].clamp(-1, 1)[:, :, -1:]
+        expected = forward_after_context(model, context, second)
+        with pytest.raises(ValueError, match="1 \\+ k"):  # why the engine's own forward cannot take 1 + 17 frames
+            model(torch.cat([context, second], dim=2))
+    np.testing.assert_array_equal(padded.outputs[17:], reference_uint8(expected)[:valid])
+
+
+def test_context_forward_equals_the_engine_forward_where_the_engine_accepts_the_length(models):
+    _, _, model = models["v1.1"]  # v1.1 engines take any length and keep the last T frames
+    torch.manual_seed(0)
+    context, x = torch.rand(1, 3, 1, 32, 32) * 2 - 1, torch.rand(1, 3, 17, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(
+            forward_after_context(model, context, x), model(torch.cat([context, x], dim=2))[1][:, :, -17:]
+        )
+
+
+def test_read_long_video_pads_to_a_length_the_model_takes(models, tmp_path):
+    _, _, model = models["causal"]
+    video = write_test_video(tmp_path / "long.mp4", num_frames=12)
+    result = reconstruct_video(model, video, sample_fps=30, read_long_video=True, chunk_size=4, progress=False, **SIZE)
+    assert long_clip_length(model, 12, 4) == 13 and result.clip_length == 13 and result.num_clips == 1
+    frames = read_video_reference(video, 32, 32, 30)
+    (x, valid), = split_padded(frames, 13)
+    with torch.no_grad():
+        np.testing.assert_array_equal(result.outputs, reference_uint8(model(x)[1])[:valid])
+
+
+def test_bad_inputs_fail_with_a_message(models, tmp_path, capsys):
+    config, ckpt, _ = models["causal"]
+    args = ["--config", str(config), "--ckpt", str(ckpt), "--output_video_dir", str(tmp_path), "--no_progress"]
+    assert inference_reconstruct.main([*args, "--input_video_path", str(tmp_path / "none.mp4")]) == 1
+    assert "none.mp4" in capsys.readouterr().err
+    (tmp_path / "text.mp4").write_text("not a video")
+    assert inference_reconstruct.main([*args, "--input_video_path", str(tmp_path / "text.mp4")]) == 1
+    assert "unreadable" in capsys.readouterr().err
+    video = write_test_video(tmp_path / "v.mp4", num_frames=3)
+    code = inference_reconstruct.main([*args, "--input_video_path", str(video), "--input_height", "34",
+                                       "--input_width", "32"])
+    assert code == 1 and "spatial factor" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        inference_reconstruct.main([*args, "--concate_input", "maybe"])
+
+
+def test_uint8_conversion_truncates_like_the_original():
+    x = torch.tensor([-2.0, -1.0, 0.0, 0.999, 1.0, 3.0]).view(1, 6, 1, 1)  # [C=1, T=6, 1, 1]
+    assert to_uint8(x).ravel().tolist() == [0, 0, 127, 254, 255, 255]
+
+
+def test_write_video_keeps_frames_and_rate(tmp_path):
+    frames = np.zeros((5, 16, 24, 3), np.uint8)
+    frames[:, :, :12] = 200
+    reader = decord.VideoReader(str(write_video(tmp_path / "a.mp4", frames, 30000 / 1001)))
+    assert len(reader) == 5 and reader.get_avg_fps() == pytest.approx(29.97, abs=1e-2)
+    assert abs(int(reader[0].asnumpy()[8, 4, 0]) - 200) <= 3
+    with pytest.raises(ValueError, match="even"):
+        write_video(tmp_path / "b.mp4", np.zeros((2, 15, 16, 3), np.uint8), 30)
+    with pytest.raises(ValueError, match="uint8"):
+        write_video(tmp_path / "c.mp4", np.zeros((2, 16, 16, 3), np.float32), 30)

@@ -1,0 +1,79 @@
+"""`python -m vidtok encode|decode`: a video to a token file and back.
+
+    python -m vidtok encode VIDEO -c CONFIG --ckpt CKPT -o tokens.npz [--height 256 --width 256 --sample_fps N]
+    python -m vidtok decode tokens.npz -o out.mp4 [-c CONFIG --ckpt CKPT]
+
+See :mod:`vidtok.tokens` for the file format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from vidtok.data.video_read import VideoReadError
+from vidtok.inference import PRECISIONS, default_device, to_uint8, write_video
+from vidtok.tokens import LATENT_DTYPES, decode_tokens, encode_video, load_model_for, load_tokens, save_tokens
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vidtok", description="VidTok video tokenizer")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    enc = commands.add_parser("encode", help="video -> token file (.npz)")
+    enc.add_argument("video", help="input video")
+    enc.add_argument("-c", "--config", required=True, help="model config (YAML)")
+    enc.add_argument("--ckpt", required=True, help="model checkpoint")
+    enc.add_argument("-o", "--output", required=True, help="token file to write (.npz)")
+    enc.add_argument("--height", type=int, default=256, help="frame height (shorter side is resized to it)")
+    enc.add_argument("--width", type=int, default=256, help="frame width (centre crop)")
+    enc.add_argument("--sample_fps", type=float, default=None, help="frames per second to keep (default: all)")
+    enc.add_argument("--chunk_size", type=int, default=None, help="clip = chunk+1 (causal) or chunk frames; 16")
+    enc.add_argument("--latent_dtype", choices=LATENT_DTYPES, default="float32", help="KL latents' storage type")
+
+    dec = commands.add_parser("decode", help="token file -> video (.mp4)")
+    dec.add_argument("tokens", help="token file written by `encode`")
+    dec.add_argument("-o", "--output", required=True, help="video to write (.mp4)")
+    dec.add_argument("-c", "--config", default=None, help="model config (default: the one recorded in the file)")
+    dec.add_argument("--ckpt", default=None, help="model checkpoint (default: the one recorded in the file)")
+
+    for sub in (enc, dec):
+        sub.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+        sub.add_argument("--precision", choices=PRECISIONS, default="full", help="full (fp32) or autocast")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    device = default_device() if args.device is None else args.device
+    try:
+        if args.command == "encode":
+            from vidtok.api import load_model_from_config
+
+            model = load_model_from_config(args.config, args.ckpt).to(device).eval()
+            encoded = encode_video(
+                model, args.video, input_height=args.height, input_width=args.width, sample_fps=args.sample_fps,
+                chunk_size=args.chunk_size, latent_dtype=args.latent_dtype, precision=args.precision,
+                device=device, config=args.config, ckpt=args.ckpt, progress=True,
+            )
+            path = save_tokens(encoded, args.output)
+            sys.stdout.write(
+                f"{encoded.kind} tokens {tuple(encoded.tokens.shape)} {encoded.tokens.dtype} "
+                f"for {encoded.num_frames} frames -> {path}\n"
+            )
+        else:
+            encoded = load_tokens(args.tokens)
+            model = load_model_for(encoded, args.config, args.ckpt).to(device)
+            video = decode_tokens(model, encoded, precision=args.precision, device=device, progress=True)
+            path = write_video(args.output, to_uint8(video), encoded.fps)
+            sys.stdout.write(f"{encoded.num_frames} frames at {encoded.fps:g} fps -> {path}\n")
+    except (FileNotFoundError, ValueError, VideoReadError) as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Encoding a video to a token file on disk and decoding it back (`python -m vidtok encode|decode`).
+
+A token file is an `.npz` archive with two arrays:
+
+- `tokens`: FSQ models: the token indices `[N, T', H', W']` of the N clips, in the smallest unsigned integer type
+  that holds the codebook (`uint8` up to 256 codes, `uint16` up to 65,536, else `uint32`). KL models: the
+  posterior **mean** `[N, C, T', H', W']` (float32, or float16 on request), not a sample, so the file is
+  deterministic.
+- `meta`: a JSON string with what decoding needs: the model (config path and its YAML text, checkpoint path,
+  kind, causality, temporal/spatial factors, codebook or latent channels), the video (source path, source and
+  output fps, frame count, size) and the clip layout (clip length, `(start, num_valid)` of every clip).
+
+The video is cut as the inference scripts cut it (see :mod:`vidtok.inference`): consecutive non-overlapping
+clips of `chunk_size + 1` frames (causal) or `chunk_size` (non-causal), each encoded on its own; the last clip is
+padded by repeating its last frame, and decoding drops the padding again, so every sampled frame comes back.
+Decoding a file gives exactly what decoding the in-memory :class:`EncodedVideo` gives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from vidtok.api import load_model_from_config
+from vidtok.inference import (
+    check_frame_size,
+    clip_length,
+    iter_clips,
+    plan_clips,
+    precision_context,
+    resolve_chunk_size,
+)
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "vidtok-tokens"
+FORMAT_VERSION = 1
+LATENT_DTYPES = ("float32", "float16")
+
+
+def index_dtype(codebook_size: int) -> np.dtype:
+    """Smallest unsigned integer type that holds indices `0 .. codebook_size - 1`."""
+    if codebook_size < 1:
+        raise ValueError(f"codebook_size must be >= 1, got {codebook_size}")
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if codebook_size - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"codebook of {codebook_size} codes does not fit in uint32")
+
+
+@dataclass
+class EncodedVideo:
+    """Tokens (FSQ) or latents (KL) of a video, clip by clip, with the metadata needed to decode them."""
+
+    kind: Literal["fsq", "kl"]
+    tokens: np.ndarray
+    meta: dict[str, Any]
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.meta["video"]["num_frames"])
+
+    @property
+    def fps(self) -> float:
+        return float(self.meta["video"]["fps"])
+
+
+def model_description(model) -> dict[str, Any]:
+    """What a token file records about the model, to check a decoding model against."""
+    info: dict[str, Any] = {
+        "kind": "fsq" if model.is_fsq else "kl",
+        "causal": bool(model.is_causal),
+        "time_downsample_factor": int(model.time_downsample_factor),
+        "spatial_downsample_factor": int(model.spatial_downsample_factor),
+        "z_channels": int(model.decoder.z_channels),
+    }
+    if model.is_fsq:
+        info["codebook_size"] = int(model.regularization.codebook_size)
+        info["levels"] = [int(v) for v in model.regularization.levels]
+    return info
+
+
+@torch.no_grad()
+def encode_video(
+    model,
+    video_path: str | Path,
+    *,
+    input_height: int = 256,
+    input_width: int = 256,
+    sample_fps: float | None = None,
+    chunk_size: int | None = None,
+    latent_dtype: str = "float32",
+    precision: str = "full",
+    device: torch.device | str = "cpu",
+    config: str | Path | None = None,
+    ckpt: str | Path | None = None,
+    progress: bool = False,
+) -> EncodedVideo:
+    """Encode every sampled frame of `video_path` (`sample_fps=None`: every frame) with `model` (on `device`,
+    eval mode). `config`/`ckpt` are recorded so that the file can be decoded without naming them again.
+
+    Raises:
+        VideoReadError: the video cannot be read.
+        ValueError: a frame size or chunk the model cannot take, or an unknown `latent_dtype`.
+    """
+    if latent_dtype not in LATENT_DTYPES:
+        raise ValueError(f"latent_dtype must be one of {LATENT_DTYPES}, got {latent_dtype!r}")
+    device = torch.device(device)
+    chunk = resolve_chunk_size(model, chunk_size)
+    check_frame_size(model, input_height, input_width)
+    plan = plan_clips(video_path, sample_fps, length=clip_length(model, chunk))
+    description = model_description(model)
+
+    parts = []
+    with precision_context(precision, device):
+        for clip, _ in tqdm(iter_clips(plan, input_height, input_width), total=len(plan.clips), disable=not progress):
+            x = clip.unsqueeze(0).to(device)  # [1, 3, T, H, W]
+            if model.is_fsq:
+                _, reg_log = model.encode(x)
+                parts.append(reg_log["indices"][0].cpu().numpy())  # [T', H', W']
+            else:
+                z, _ = model.encode(x, sample=False)  # posterior mean
+                parts.append(z[0].float().cpu().numpy())  # [C, T', H', W']
+    if model.is_fsq:
+        stacked = np.stack(parts)
+        dtype = index_dtype(description["codebook_size"])
+        if stacked.min() < 0 or stacked.max() >= description["codebook_size"]:
+            raise ValueError(f"token indices outside [0, {description['codebook_size']}): the model is inconsistent")
+        tokens = stacked.astype(dtype)
+    else:
+        tokens = np.stack(parts).astype(latent_dtype)
+
+    config_yaml = None
+    if config is not None:
+        config_yaml = OmegaConf.to_yaml(OmegaConf.load(config))
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "kind": description["kind"],
+        "model": {
+            **description,
+            "config": None if config is None else str(Path(config).resolve()),
+            "config_yaml": config_yaml,
+            "ckpt": None if ckpt is None else str(Path(ckpt).resolve()),
+            "latent": "indices" if model.is_fsq else "posterior_mean",
+        },
+        "video": {
+            "source": str(Path(video_path).resolve()),
+            "source_fps": plan.source_fps,
+            "interval": plan.interval,
+            "fps": plan.output_fps,
+            "num_frames": plan.num_frames,
+            "height": input_height,
+            "width": input_width,
+        },
+        "clips": {
+            "chunk_size": chunk,
+            "clip_frames": plan.length,
+            "layout": [list(c) for c in plan.clips],
+        },
+        "dtype": str(tokens.dtype),
+        "shape": list(tokens.shape),
+    }
+    return EncodedVideo(kind=description["kind"], tokens=tokens, meta=meta)
+
+
+def save_tokens(encoded: EncodedVideo, path: str | Path) -> Path:
+    """Write `encoded` to `path` (an `.npz` archive, compressed), exactly as given."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        np.savez_compressed(f, tokens=encoded.tokens, meta=np.array(json.dumps(encoded.meta)))
+    return path
+
+
+def load_tokens(path: str | Path) -> EncodedVideo:
+    """Read a token file written by :func:`save_tokens`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a vidtok token file, or one from a newer format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"token file {str(path)!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            tokens = archive["tokens"]
+            meta = json.loads(archive["meta"].item())
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{str(path)!r} is not a vidtok token file (.npz with 'tokens' and 'meta'): {err}") from err
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{str(path)!r} is not a vidtok token file (format {meta.get('format')!r})")
+    if meta.get("version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{str(path)!r} has format version {meta['version']}; this vidtok reads up to {FORMAT_VERSION}"
+        )
+    return EncodedVideo(kind=meta["kind"], tokens=tokens, meta=meta)
+
+
+def load_model_for(encoded: EncodedVideo, config: str | Path | None = None, ckpt: str | Path | None = None):
+    """Build the model a token file was made with (CPU, eval mode); `config`/`ckpt` override the recorded ones.
+
+    The config comes from `config`, else the recorded path if it still exists, else the YAML text stored in the
+    file. The checkpoint must be on disk.
+
+    Raises:
+        FileNotFoundError: the checkpoint is missing (pass `ckpt`).
+        ValueError: the model does not match the file (kind, factors, channels or codebook).
+    """
+    recorded = encoded.meta["model"]
+    if config is None:
+        if recorded.get("config") and Path(recorded["config"]).is_file():
+            config = recorded["config"]
+        elif recorded.get("config_yaml"):
+            config = OmegaConf.create(recorded["config_yaml"])
+        else:
+            raise ValueError("the token file records no config; pass one")
+    ckpt = ckpt if ckpt is not None else recorded.get("ckpt")
+    if ckpt is None or not Path(ckpt).is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt!r} recorded in the token file does not exist; pass --ckpt")
+    model = load_model_from_config(config, ckpt).eval()
+    check_model_matches(model, encoded)
+    return model
+
+
+def check_model_matches(model, encoded: EncodedVideo) -> None:
+    """Raise ValueError if `model` cannot decode `encoded` (different kind, factors, channels or codebook)."""
+    ours = model_description(model)
+    recorded = encoded.meta["model"]
+    keys = [k for k in ("kind", "causal", "time_downsample_factor", "spatial_downsample_factor", "z_channels",
+                        "codebook_size") if k in ours or k in recorded]
+    diffs = [f"{k}: file {recorded.get(k)!r}, model {ours.get(k)!r}" for k in keys if ours.get(k) != recorded.get(k)]
+    if diffs:
+        raise ValueError("the model does not match the token file (" + "; ".join(diffs) + ")")
+
+
+@torch.no_grad()
+def decode_tokens(
+    model,
+    encoded: EncodedVideo,
+    *,
+    precision: str = "full",
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> torch.Tensor:
+    """Decode a token file's clips and join them: video `[3, num_frames, H, W]` in [-1, 1] (clamped), on the CPU.
+
+    Each clip's last `clip_frames` decoded frames are kept (v1.1 decoders return a few more), then its padding
+    is dropped.
+    """
+    check_model_matches(model, encoded)
+    device = torch.device(device)
+    clip_frames = int(encoded.meta["clips"]["clip_frames"])
+    layout = encoded.meta["clips"]["layout"]
+    if len(layout) != encoded.tokens.shape[0]:
+        raise ValueError(f"the token file has {encoded.tokens.shape[0]} clips but its layout lists {len(layout)}")
+    frames = []
+    with precision_context(precision, device):
+        for part, (_, num_valid) in tqdm(zip(encoded.tokens, layout, strict=True), total=len(layout),
+                                         disable=not progress):
+            if encoded.kind == "fsq":
+                indices = torch.from_numpy(part.astype(np.int64)).unsqueeze(0).to(device)  # [1, T', H', W']
+                video = model.decode(indices, decode_from_indices=True)
+            else:
+                z = torch.from_numpy(part.astype(np.float32)).unsqueeze(0).to(device)  # [1, C, T', H', W']
+                video = model.decode(z)
+            video = video[:, :, -clip_frames:][0, :, :num_valid]
+            frames.append(video.float().clamp(-1, 1).cpu())
+    return torch.cat(frames, dim=1)
