@@ -16,12 +16,11 @@ from torch import nn
 
 from .attention import FrameAttention
 from .causal_conv import TimePadMode
-from .encoder import check_temporal_factor
 from .normalization import make_norm
 from .resample import SpatialUpsample, TemporalUpsample
 from .resblock import ResnetBlock1D, ResnetBlock2D, ResnetBlock3D, make_conv3d, spatial_temporal
 from .reshape import batch_to_time, time_to_batch
-from .variant import LAYOUTS, Variant
+from .variant import LAYOUTS, Variant, resampling_levels
 
 
 class VideoDecoder(nn.Module):
@@ -54,8 +53,6 @@ class VideoDecoder(nn.Module):
         fix_encoder: bool = False,
     ):
         super().__init__()
-        if not resamp_with_conv:
-            raise ValueError("resamp_with_conv=False is not supported: every VidTok model resamples with convs")
         layout = LAYOUTS[variant]
         self.layout = layout
         self.num_resolutions = L = len(ch_mult)
@@ -64,14 +61,10 @@ class VideoDecoder(nn.Module):
         self.give_pre_end = give_pre_end
         self.tanh_out = tanh_out
         self.fix_decoder = fix_decoder
-        if layout.causal:
-            self.spatial_us = list(range(1, L)) if spatial_us is None else list(spatial_us)
-            self.tempo_us = [1, 2] if tempo_us is None else list(tempo_us)
-        else:  # the original's non-causal decoder hard-codes both
-            self.spatial_us = list(range(1, L))
-            self.tempo_us = [1, 2]
-        temporal_levels = [i for i in self.spatial_us if i in self.tempo_us]
-        check_temporal_factor(time_downsample_factor, temporal_levels, "tempo_us")
+        self.spatial_us, self.tempo_us = resampling_levels(
+            layout, spatial_us, tempo_us, (list(range(1, L)), [1, 2]), time_downsample_factor,
+            ("spatial_us", "tempo_us"), resamp_with_conv,
+        )
         self.time_downsample_factor = time_downsample_factor
         causal, pad_mode = layout.causal, layout.time_pad_mode
 

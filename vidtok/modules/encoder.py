@@ -21,17 +21,7 @@ from .normalization import make_norm
 from .resample import SpatialDownsample, TemporalDownsample
 from .resblock import ResnetBlock1D, ResnetBlock2D, ResnetBlock3D, make_conv3d, spatial_temporal
 from .reshape import batch_to_time, time_to_batch
-from .variant import LAYOUTS, Variant
-
-
-def check_temporal_factor(tdf: int, levels: Sequence[int], key: str) -> None:
-    """`time_downsample_factor` must equal 2**(number of temporal resampling levels)."""
-    if tdf != 2 ** len(levels):
-        raise ValueError(
-            f"time_downsample_factor={tdf} does not match {key}={list(levels)}, which resamples time by "
-            f"{2 ** len(levels)}; set time_downsample_factor: {2 ** len(levels)} or change {key} in the "
-            "encoder_config params"
-        )
+from .variant import LAYOUTS, Variant, resampling_levels
 
 
 class VideoEncoder(nn.Module):
@@ -64,8 +54,6 @@ class VideoEncoder(nn.Module):
         interpolation_mode: str = "nearest",
     ):
         super().__init__()
-        if not resamp_with_conv:
-            raise ValueError("resamp_with_conv=False is not supported: every VidTok model resamples with convs")
         layout = LAYOUTS[variant]
         self.layout = layout
         self.num_resolutions = L = len(ch_mult)
@@ -74,14 +62,10 @@ class VideoEncoder(nn.Module):
         self.z_channels = z_channels
         self.init_pad_mode = init_pad_mode
         self.fix_encoder = fix_encoder
-        if layout.causal:
-            self.spatial_ds = list(range(L - 1)) if spatial_ds is None else list(spatial_ds)
-            self.tempo_ds = [L - 2, L - 3] if tempo_ds is None else list(tempo_ds)
-        else:  # the original's non-causal encoder hard-codes both
-            self.spatial_ds = list(range(L - 1))
-            self.tempo_ds = [L - 2, L - 3]
-        temporal_levels = [i for i in self.spatial_ds if i in self.tempo_ds]
-        check_temporal_factor(time_downsample_factor, temporal_levels, "tempo_ds")
+        self.spatial_ds, self.tempo_ds = resampling_levels(
+            layout, spatial_ds, tempo_ds, (list(range(L - 1)), [L - 2, L - 3]), time_downsample_factor,
+            ("spatial_ds", "tempo_ds"), resamp_with_conv,
+        )
         self.time_downsample_factor = time_downsample_factor
         self.spatial_downsample_factor = 2 ** len(self.spatial_ds)
         causal, pad_mode = layout.causal, layout.time_pad_mode

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,3 +40,31 @@ LAYOUTS: dict[Variant, TemporalLayout] = {
     "v1.1": TemporalLayout(causal=True, time_pad_mode="replicate", input_pad="to_multiple", crop_output=False),
     "noncausal": TemporalLayout(causal=False, time_pad_mode="constant", input_pad="none", crop_output=False),
 }
+
+
+def resampling_levels(
+    layout: TemporalLayout,
+    spatial: Sequence[int] | None,
+    tempo: Sequence[int] | None,
+    defaults: tuple[list[int], list[int]],
+    time_downsample_factor: int,
+    keys: tuple[str, str],
+    resamp_with_conv: bool = True,
+) -> tuple[list[int], list[int]]:
+    """The levels that resample space and time, from the config's lists (causal models) or the `defaults`
+    (always, for non-causal models: the original hard-codes them), checked against `time_downsample_factor`."""
+    if not resamp_with_conv:
+        raise ValueError("resamp_with_conv=False is not supported: every VidTok model resamples with convs")
+    if layout.causal:
+        spatial_levels = defaults[0] if spatial is None else list(spatial)
+        tempo_levels = defaults[1] if tempo is None else list(tempo)
+    else:
+        spatial_levels, tempo_levels = defaults
+    factor = 2 ** len([i for i in spatial_levels if i in tempo_levels])
+    if time_downsample_factor != factor:
+        raise ValueError(
+            f"time_downsample_factor={time_downsample_factor} does not match {keys[1]}={tempo_levels} with "
+            f"{keys[0]}={spatial_levels}, which resample time by {factor}; set time_downsample_factor: {factor} or "
+            f"change {keys[1]} in the encoder_config params"
+        )
+    return spatial_levels, tempo_levels
