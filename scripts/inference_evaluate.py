@@ -41,7 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk_size", type=int, default=None,
         help="temporal chunk (default 16): clips are chunk_size+1 frames (causal) or chunk_size (non-causal)",
     )
-    parser.add_argument("--read_long_video", action="store_true", help="each video as one clip")
+    parser.add_argument(
+        "--read_long_video", action="store_true",
+        help="each video as one clip of its first 1+k·chunk_size (causal) or k·chunk_size frames. Causal models "
+        "stream it: frames are read, reconstructed and scored --chunk_size at a time, so memory does not grow with "
+        "the length (KL latents: the posterior mean). Non-causal models cannot stream: the clip runs in one pass",
+    )
+    parser.add_argument(
+        "--tile_size", type=int, default=None,
+        help="run encoder and decoder on overlapping spatial tiles of this many pixels (a multiple of the model's "
+        "spatial factor f; the decoder's tiles are tile_size/f latents), for large frames; off by default",
+    )
+    parser.add_argument(
+        "--tile_overlap", type=int, default=None,
+        help="overlap of neighbouring tiles in pixels, a multiple of f (default: a quarter of --tile_size)",
+    )
     parser.add_argument(
         "--metrics", default="psnr,ssim,lpips",
         help=f"comma-separated, from {','.join(METRIC_NAMES)} (default psnr,ssim,lpips)",
@@ -54,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--sample_posterior", type=str2bool, nargs="?", const=True, default=True,
-        help="KL models: sample the posterior as the original does (default) or decode its mean (false)",
+        help="KL models: sample the posterior as the original does (default) or decode its mean (false); "
+        "streaming (--read_long_video, causal models) always decodes the mean",
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
@@ -89,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             i3d=i3d,
             count_padded_frames=args.count_padded_frames,
             sample_posterior=args.sample_posterior,
+            tile_size=args.tile_size,
+            tile_overlap=args.tile_overlap,
             precision=args.precision,
             seed=args.seed,
             device=device,

@@ -37,7 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk_size", type=int, default=None,
         help="temporal chunk (default 16): clips are chunk_size+1 frames (causal) or chunk_size (non-causal)",
     )
-    parser.add_argument("--read_long_video", action="store_true", help="the whole video as one clip")
+    parser.add_argument(
+        "--read_long_video", action="store_true",
+        help="the whole video as one clip. Causal models stream it: frames are read, encoded, decoded and written "
+        "--chunk_size at a time, so memory does not grow with the length (KL latents: the posterior mean). "
+        "Non-causal models cannot stream: the video is padded to k·chunk_size frames and run in one pass",
+    )
+    parser.add_argument(
+        "--tile_size", type=int, default=None,
+        help="run encoder and decoder on overlapping spatial tiles of this many pixels (a multiple of the model's "
+        "spatial factor f; the decoder's tiles are tile_size/f latents), for large frames; off by default",
+    )
+    parser.add_argument(
+        "--tile_overlap", type=int, default=None,
+        help="overlap of neighbouring tiles in pixels, a multiple of f (default: a quarter of --tile_size)",
+    )
     parser.add_argument(
         "--pad_gen_frames", action="store_true",
         help="causal models: start each clip after the previous clip's last tdf-1 reconstructed frames",
@@ -48,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--sample_posterior", type=str2bool, nargs="?", const=True, default=True,
-        help="KL models: sample the posterior as the original does (default) or decode its mean (false)",
+        help="KL models: sample the posterior as the original does (default) or decode its mean (false); "
+        "streaming (--read_long_video, causal models) always decodes the mean",
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
@@ -76,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             read_long_video=args.read_long_video,
             pad_gen_frames=args.pad_gen_frames,
             sample_posterior=args.sample_posterior,
+            tile_size=args.tile_size,
+            tile_overlap=args.tile_overlap,
             precision=args.precision,
             device=device,
             progress=not args.no_progress,

@@ -1,5 +1,5 @@
-"""`scripts/inference_evaluate.py` and `vidtok.evaluate`: figures against an independent computation, and inputs
-that must not break a run."""
+"""`scripts/inference_evaluate.py` and `vidtok.evaluate`: figures against an independent computation, inputs
+that must not break a run, long videos streamed to the whole-clip figures, and tiles."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import vidtok.inference
 import vidtok.metrics
 from scripts import inference_evaluate
 from tests.conftest import REPO
@@ -28,8 +29,9 @@ from tests.video_helpers import (
     write_test_video,
 )
 from vidtok.api import load_model_from_config
-from vidtok.evaluate import evaluate
+from vidtok.evaluate import StreamScorer, evaluate
 from vidtok.inference import resolve_chunk_size
+from vidtok.metrics import MetricAccumulator, score_frame_groups
 from vidtok.modules.lpips import LPIPS, VGG16_ENV, VGG16_FILENAME
 
 SIZE = ["--input_height", "32", "--input_width", "32"]
@@ -287,3 +289,82 @@ def test_autocast_runs_the_model_in_reduced_precision_and_the_metrics_in_float32
     assert np.isfinite(result.metrics["psnr"]) and set(seen) == {(torch.float32, False)}
     full = evaluate(model, tmp_path, input_height=32, input_width=32, metrics=("psnr",), progress=False)
     assert full.metrics["psnr"] != result.metrics["psnr"]  # bfloat16 on CPU changes the reconstruction
+
+
+# --- long videos (streaming) and spatial tiles ---------------------------------------------------------------------
+
+
+class RecordingFVD:
+    """Stands in for FVDAccumulator: records what it is given."""
+
+    num_frames = 16
+
+    def __init__(self):
+        self.calls = []
+
+    def update(self, x, x_hat, num_valid_frames=None):
+        self.calls.append((x.clone(), x_hat.clone()))
+
+
+@pytest.mark.parametrize("num_frames", [37, 9])
+def test_stream_scorer_scores_exactly_as_the_whole_clip_is_scored(random_lpips, num_frames):
+    torch.manual_seed(0)
+    x = torch.rand(3, num_frames, 32, 32) * 2 - 1
+    x_hat = (x + 0.2 * torch.randn_like(x)).clamp(-1, 1)
+    fvd = RecordingFVD()
+    scorer = StreamScorer(("psnr", "ssim", "lpips"), random_lpips, fvd)
+    for start, end in [(0, 3), (3, 4), (4, 21), (21, num_frames)]:
+        scorer.add(x[:, start:end], x_hat[:, start:end])
+    scorer.close()
+    whole = MetricAccumulator()
+    whole.update_groups(score_frame_groups(x.unsqueeze(0), x_hat.unsqueeze(0), ("psnr", "ssim", "lpips"), random_lpips))
+    assert scorer.scores.compute() == whole.compute() and scorer.num_frames == num_frames
+    ((fx, fx_hat),) = fvd.calls  # FVD sees the first 16 frames (or all of a shorter video), once
+    assert torch.equal(fx, x[:, :16].unsqueeze(0)) and torch.equal(fx_hat, x_hat[:, :16].unsqueeze(0))
+
+
+def test_read_long_video_streams_causal_models_to_the_whole_clip_figures(tmp_path, fsq_model, monkeypatch):
+    write_test_video(tmp_path / "v.mp4", num_frames=40)
+    model = load_model_from_config(*fsq_model).eval()
+    read_sizes = []
+    real_read = vidtok.inference.read_frames
+    monkeypatch.setattr(
+        vidtok.inference, "read_frames", lambda r, idx, p: read_sizes.append(len(idx)) or real_read(r, idx, p)
+    )
+    result = evaluate(model, tmp_path, input_height=32, input_width=32, metrics=("psnr", "ssim"),
+                      read_long_video=True, chunk_size=8, progress=False)
+    assert read_sizes == [8, 8, 8, 8, 1]  # 33 frames, read a chunk at a time
+    assert result.settings["streaming"] is True and result.num_clips == 1 and result.num_frames == 33
+
+    frames = read_video_reference(tmp_path / "v.mp4", 32, 32, 30)[:, :33].unsqueeze(0)
+    with torch.no_grad():
+        x_hat = model(frames)[1].clamp(-1, 1)
+    a, b = (((v + 1) / 2)[0].permute(1, 0, 2, 3).numpy() for v in (frames, x_hat))
+    assert result.metrics["psnr"] == pytest.approx(np.mean(psnr_reference(a, b)), abs=1e-3)
+    assert result.metrics["ssim"] == pytest.approx(np.mean(ssim_reference(a, b)), abs=1e-4)
+
+
+def test_non_causal_long_videos_are_not_streamed(tmp_path):
+    _, _, model = save_tiny_model(tmp_path / "m", causal=False, regularizer="fsq")
+    write_test_video(tmp_path / "data" / "v.mp4", num_frames=18)
+    result = evaluate(model, tmp_path / "data", input_height=32, input_width=32, metrics=("psnr",),
+                      read_long_video=True, chunk_size=8, progress=False)
+    assert result.settings["streaming"] is False and result.num_frames == 16
+
+
+def test_tiles_are_used_and_recorded(tmp_path, fsq_model, capsys):
+    write_test_video(tmp_path / "data" / "v.mp4", num_frames=5, height=48, width=64)  # cropped to 48²
+    base = [*model_args(fsq_model), "--data_dir", str(tmp_path / "data"), "--input_height", "48",
+            "--input_width", "48", "--metrics", "psnr", "--chunk_size", "4"]
+    figures = {}
+    for name, tiles in (("plain", []), ("tiled", ["--tile_size", "32", "--tile_overlap", "16"]),
+                        ("whole", ["--tile_size", "48"])):
+        code, _, _ = run([*base, *tiles, "--output", str(tmp_path / name)], capsys)
+        assert code == 0
+        figures[name] = json.loads((tmp_path / name / "metrics_summary.json").read_text())
+    assert figures["tiled"]["settings"]["tile_size"] == 32 and figures["tiled"]["settings"]["tile_overlap"] == 16
+    assert figures["plain"]["settings"]["tile_size"] is None
+    assert figures["whole"]["metrics"]["psnr"] == pytest.approx(figures["plain"]["metrics"]["psnr"], abs=1e-4)
+    assert figures["tiled"]["metrics"]["psnr"] != figures["plain"]["metrics"]["psnr"]
+    code, _, err = run([*base, "--tile_size", "30"], capsys)
+    assert code == 1 and "--tile_size" in err

@@ -1,5 +1,6 @@
 """`scripts/inference_reconstruct.py` and `vidtok.reconstruct`: every frame comes back, clip by clip as the original
-cuts them, and the side-by-side video is written as the original writes it."""
+cuts them, and the side-by-side video is written as the original writes it; long videos stream (causal models) to
+the whole-clip result, and spatial tiles keep every frame close to the untiled one."""
 
 from __future__ import annotations
 
@@ -8,10 +9,20 @@ import numpy as np
 import pytest
 import torch
 
+import vidtok.inference
 from scripts import inference_reconstruct
 from tests.video_helpers import read_video_reference, save_tiny_model, split_padded, write_test_video
-from vidtok.inference import long_clip_length, to_uint8, write_video
-from vidtok.reconstruct import forward_after_context, output_path_for, reconstruct_video
+from vidtok.inference import (
+    StreamingReconstructor,
+    VideoWriter,
+    long_clip_length,
+    padded_stream_length,
+    resolve_tiles,
+    to_uint8,
+    write_video,
+)
+from vidtok.reconstruct import VideoReconstructor, forward_after_context, output_path_for, reconstruct_video
+from vidtok.tiling import Tiling
 
 SIZE = dict(input_height=32, input_width=32)
 
@@ -110,7 +121,9 @@ def test_read_long_video_pads_to_a_length_the_model_takes(models, tmp_path):
     frames = read_video_reference(video, 32, 32, 30)
     (x, valid), = split_padded(frames, 13)
     with torch.no_grad():
-        np.testing.assert_array_equal(result.outputs, reference_uint8(model(x)[1])[:valid])
+        expected = reference_uint8(model(x)[1])[:valid]
+    # a causal model streams: the same frames up to float rounding, which may move a truncated uint8 by one
+    assert result.streamed and np.abs(result.outputs.astype(int) - expected.astype(int)).max() <= 1
 
 
 def test_bad_inputs_fail_with_a_message(models, tmp_path, capsys):
@@ -144,3 +157,145 @@ def test_write_video_keeps_frames_and_rate(tmp_path):
         write_video(tmp_path / "b.mp4", np.zeros((2, 15, 16, 3), np.uint8), 30)
     with pytest.raises(ValueError, match="uint8"):
         write_video(tmp_path / "c.mp4", np.zeros((2, 16, 16, 3), np.float32), 30)
+
+
+# --- long videos: streaming (causal models), and spatial tiles --------------------------------------------------------
+
+
+def whole_clip_reference(model, video, num_frames: int, length: int) -> torch.Tensor:
+    """The window-free pass: the whole video padded to `length` frames with its last frame, encoded (KL: posterior
+    mean) and decoded in one go; `[3, num_frames, 32, 32]`, clamped."""
+    frames = read_video_reference(video, 32, 32, 30)
+    assert frames.shape[1] == num_frames
+    x = torch.cat([frames, frames[:, -1:].expand(-1, length - num_frames, -1, -1)], dim=1).unsqueeze(0)
+    with torch.no_grad():
+        z, _ = model.encode(x, sample=False)
+        return model.decode(z)[:, :, -length:][0, :, :num_frames].clamp(-1, 1)
+
+
+@pytest.mark.parametrize(("variant", "regularizer"), [("v1.0", "fsq"), ("v1.1", "fsq"), ("v1.0", "kl"), ("v1.1", "kl")])
+def test_long_video_streams_and_equals_the_whole_clip_pass(tmp_path, video20, monkeypatch, variant, regularizer):
+    _, _, model = save_tiny_model(tmp_path, causal=True, regularizer=regularizer, variant=variant)
+    read_sizes = []
+    real_read = vidtok.inference.read_frames
+    monkeypatch.setattr(
+        vidtok.inference, "read_frames", lambda r, idx, p: read_sizes.append(len(idx)) or real_read(r, idx, p)
+    )
+    reconstructor = VideoReconstructor(
+        model, video20, sample_fps=30, read_long_video=True, chunk_size=4, progress=False, **SIZE
+    )
+    assert reconstructor.streaming and reconstructor.plan.length == padded_stream_length(model, 20) == 21
+    pairs = list(reconstructor)
+    assert read_sizes == [4] * 5  # the file is read a chunk at a time, never whole
+    assert len(pairs) > 1  # and the reconstruction comes out while it is read
+    inputs, outputs = (torch.cat(p, dim=1) for p in zip(*pairs, strict=True))
+    assert inputs.shape == outputs.shape == (3, 20, 32, 32)
+    torch.testing.assert_close(inputs, read_video_reference(video20, 32, 32, 30), rtol=0, atol=1e-6)
+    torch.testing.assert_close(outputs, whole_clip_reference(model, video20, 20, 21), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("num_frames", [1, 2, 17])
+def test_streaming_pads_v10_videos_to_one_plus_k_tdf_and_trims_after(models, tmp_path, num_frames):
+    _, _, model = models["causal"]  # tdf 2: 1 -> 1, 2 -> 3, 17 -> 17
+    video = write_test_video(tmp_path / "v.mp4", num_frames=num_frames)
+    result = reconstruct_video(model, video, sample_fps=30, read_long_video=True, chunk_size=2, progress=False, **SIZE)
+    length = padded_stream_length(model, num_frames)
+    assert result.streamed and result.clip_length == length == num_frames + (num_frames % 2 == 0)
+    assert result.outputs.shape == (num_frames, 32, 32, 3) and result.num_frames == num_frames
+    expected = whole_clip_reference(model, video, num_frames, length)
+    assert np.abs(result.outputs.astype(int) - to_uint8(expected).astype(int)).max() <= 1  # uint8 truncation
+
+
+def test_streaming_reconstructor_checks_how_it_is_fed(models):
+    _, _, model = models["causal"]
+    stream = StreamingReconstructor(model, num_frames=3)
+    with pytest.raises(ValueError, match="finish"):
+        stream.finish()
+    with pytest.raises(ValueError, match="4 frames into a 3-frame stream"):
+        stream.push(torch.zeros(1, 3, 4, 32, 32))
+    with pytest.raises(ValueError, match="causal"):
+        StreamingReconstructor(models["noncausal"][2], num_frames=3)
+
+
+def test_the_script_streams_long_videos_to_the_output_file(models, video20, tmp_path):
+    config, ckpt, _ = models["v1.1"]
+    args = ["--config", str(config), "--ckpt", str(ckpt), "--input_video_path", str(video20), "--input_height", "32",
+            "--input_width", "32", "--sample_fps", "30", "--chunk_size", "4", "--read_long_video", "--no_progress",
+            "--output_video_dir", str(tmp_path)]
+    assert inference_reconstruct.main(args) == 0
+    reader = decord.VideoReader(str(output_path_for(video20, tmp_path)))
+    assert len(reader) == 20 and reader[0].shape == (32, 64, 3)
+
+
+def test_non_causal_long_videos_still_run_in_one_pass(models, tmp_path):
+    _, _, model = models["noncausal"]
+    video = write_test_video(tmp_path / "v.mp4", num_frames=10)
+    result = reconstruct_video(model, video, sample_fps=30, read_long_video=True, chunk_size=4, progress=False, **SIZE)
+    assert not result.streamed and result.num_clips == 1 and result.clip_length == 12
+    (x, valid), = split_padded(read_video_reference(video, 32, 32, 30), 12)
+    with torch.no_grad():
+        np.testing.assert_array_equal(result.outputs, reference_uint8(model(x)[1])[:valid])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR of two uint8 videos."""
+    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean()
+    return 10 * np.log10(255**2 / mse)
+
+
+@pytest.mark.parametrize(("name", "long"), [("causal", False), ("v1.1", True), ("noncausal", True)])
+def test_tiled_reconstruction_keeps_every_frame_and_stays_close(models, tmp_path, name, long):
+    _, _, model = models[name]
+    video = write_test_video(tmp_path / "v.mp4", num_frames=5, height=48, width=64)
+    kwargs = dict(sample_fps=30, read_long_video=long, chunk_size=4, sample_posterior=False, progress=False,
+                  input_height=48, input_width=48)
+    plain = reconstruct_video(model, video, **kwargs)
+    tiled = reconstruct_video(model, video, tile_size=32, tile_overlap=16, **kwargs)  # 2×2 tiles
+    assert tiled.tiles.pixels == Tiling(32, 16) and tiled.tiles.latents == Tiling(8, 4)
+    assert tiled.streamed == (long and name != "noncausal")
+    assert tiled.outputs.shape == plain.outputs.shape == (5, 48, 48, 3)
+    np.testing.assert_array_equal(tiled.inputs, plain.inputs)
+    # random weights and a 12×12 latent: every output sees most of the frame, so tiling shows; the bound is loose
+    assert 15 < psnr(tiled.outputs, plain.outputs) < 80
+
+
+def test_one_tile_as_large_as_the_frame_is_no_tiling(models, video20):
+    _, _, model = models["causal"]
+    kwargs = dict(sample_fps=30, chunk_size=8, pad_gen_frames=True, progress=False, **SIZE)  # 3 clips, with context
+    plain = reconstruct_video(model, video20, **kwargs)
+    whole = reconstruct_video(model, video20, tile_size=32, tile_overlap=8, **kwargs)
+    assert np.abs(whole.outputs.astype(int) - plain.outputs.astype(int)).max() <= 1
+    tiled = reconstruct_video(model, video20, tile_size=24, tile_overlap=8, **kwargs)  # 2×2 tiles
+    assert tiled.outputs.shape == plain.outputs.shape == (20, 32, 32, 3)
+    # random FSQ weights, and every clip starts from the tiled end of the one before
+    assert 12 < psnr(tiled.outputs, plain.outputs) < 80
+
+
+def test_bad_tile_flags_fail_with_a_message(models, video20, tmp_path, capsys):
+    config, ckpt, model = models["causal"]  # spatial factor 4
+    args = ["--config", str(config), "--ckpt", str(ckpt), "--input_video_path", str(video20), "--input_height", "32",
+            "--input_width", "32", "--output_video_dir", str(tmp_path), "--no_progress"]
+    assert inference_reconstruct.main([*args, "--tile_size", "30"]) == 1
+    assert "--tile_size" in capsys.readouterr().err
+    assert inference_reconstruct.main([*args, "--tile_size", "16", "--tile_overlap", "16"]) == 1
+    assert "--tile_overlap" in capsys.readouterr().err
+    assert inference_reconstruct.main([*args, "--tile_overlap", "8"]) == 1
+    assert "--tile_size" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.mp4"))
+    assert resolve_tiles(model, None) is None
+    assert resolve_tiles(model, 64).pixels.overlap == 16 and resolve_tiles(model, 36).pixels.overlap == 8
+
+
+def test_video_writer_writes_chunks_and_removes_a_half_written_file(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 255, (7, 16, 24, 3), dtype=np.uint8)
+    with VideoWriter(tmp_path / "a.mp4", 30) as writer:
+        for chunk in np.split(frames, [3, 3, 5]):
+            writer.write(chunk)
+    assert writer.num_frames == 7 and len(decord.VideoReader(str(tmp_path / "a.mp4"))) == 7
+    with pytest.raises(RuntimeError, match="boom"), VideoWriter(tmp_path / "b.mp4", 30) as writer:
+        writer.write(frames[:2])
+        raise RuntimeError("boom")
+    assert not (tmp_path / "b.mp4").exists()
+    with pytest.raises(ValueError, match="16×24 video"), VideoWriter(tmp_path / "c.mp4", 30) as writer:
+        writer.write(frames[:1])
+        writer.write(np.zeros((1, 16, 26, 3), np.uint8))

@@ -1,4 +1,5 @@
-"""Token files (`python -m vidtok encode|decode`): smallest index type, exact round trip through disk, metadata."""
+"""Token files (`python -m vidtok encode|decode`): smallest index type, exact round trip through disk, metadata;
+streamed long videos equal the in-memory round trip; tiles."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ import numpy as np
 import pytest
 import torch
 
+import vidtok.inference
 from tests.video_helpers import read_video_reference, save_tiny_model, split_padded, write_test_video
 from vidtok.__main__ import main as cli
 from vidtok.inference import reconstruct_clip
 from vidtok.tokens import (
+    EncodedVideo,
     check_model_matches,
     decode_tokens,
     encode_video,
     index_dtype,
+    iter_decoded_frames,
     load_model_for,
     load_tokens,
     save_tokens,
@@ -161,3 +165,86 @@ def test_encode_rejects_bad_inputs(models, tmp_path, capsys):
     code = cli(["encode", str(tmp_path / "none.mp4"), "-c", str(config), "--ckpt", str(ckpt), "-o",
                 str(tmp_path / "t.npz")])
     assert code == 1 and "none.mp4" in capsys.readouterr().err
+
+
+# --- long videos (streamed token files) and spatial tiles ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["fsq", "kl", "v1.1"])
+def test_streamed_round_trip_equals_the_in_memory_one(models, video, tmp_path, monkeypatch, name):
+    config, ckpt, model = models[name]
+    read_sizes = []
+    real_read = vidtok.inference.read_frames
+    monkeypatch.setattr(
+        vidtok.inference, "read_frames", lambda r, idx, p: read_sizes.append(len(idx)) or real_read(r, idx, p)
+    )
+    streamed = encode_video(model, video, read_long_video=True, chunk_size=4, config=config, ckpt=ckpt, **SIZE)
+    assert read_sizes == [4] * 5  # read a chunk at a time
+    assert streamed.meta["clips"] == {"chunk_size": 4, "clip_frames": 21, "layout": [[0, 20]], "streamed": True}
+
+    # in memory: the whole video padded to 21 frames with its last one, encoded in one pass
+    frames = read_video_reference(video, 32, 32, 30)
+    x = torch.cat([frames, frames[:, -1:]], dim=1).unsqueeze(0)  # [1, 3, 21, 32, 32]
+    with torch.no_grad():
+        z, log = model.encode(x, sample=False)
+    if name == "kl":
+        assert streamed.tokens.shape == (1, 4, 11, 8, 8)
+        torch.testing.assert_close(torch.from_numpy(streamed.tokens), z, rtol=0, atol=1e-4)
+    else:
+        assert streamed.tokens.dtype == np.uint16 and streamed.tokens.shape == (1, 11, 8, 8)
+        np.testing.assert_array_equal(streamed.tokens, log["indices"].numpy())
+
+    # decoding streams the latents: pieces come out as they are decoded, and they equal the one-pass decode
+    loaded = load_tokens(save_tokens(streamed, tmp_path / "s.npz"))
+    pieces = list(iter_decoded_frames(load_model_for(loaded), loaded))
+    assert len(pieces) > 1
+    decoded = torch.cat(pieces, dim=1)
+    one_pass = dict(streamed.meta, clips={k: v for k, v in streamed.meta["clips"].items() if k != "streamed"})
+    in_memory = decode_tokens(model, EncodedVideo(streamed.kind, streamed.tokens, one_pass))
+    assert decoded.shape == in_memory.shape == (3, 20, 32, 32)
+    torch.testing.assert_close(decoded, in_memory, rtol=0, atol=1e-4)
+    assert torch.equal(decode_tokens(model, loaded), decoded)
+
+
+def test_cli_streams_long_videos_both_ways(models, video, tmp_path, capsys):
+    config, ckpt, _ = models["v1.1"]
+    tokens = tmp_path / "long.npz"
+    code = cli(["encode", str(video), "-c", str(config), "--ckpt", str(ckpt), "-o", str(tokens), "--height", "32",
+                "--width", "32", "--chunk_size", "4", "--read_long_video"])
+    assert code == 0 and "fsq tokens (1, 11, 8, 8) uint16 for 20 frames" in capsys.readouterr().out
+    assert cli(["decode", str(tokens), "-o", str(tmp_path / "long.mp4")]) == 0
+    assert "20 frames at 30 fps" in capsys.readouterr().out
+    assert len(decord.VideoReader(str(tmp_path / "long.mp4"))) == 20
+
+
+def test_non_causal_models_encode_clip_by_clip_even_for_long_videos(tmp_path, video):
+    _, _, model = save_tiny_model(tmp_path, causal=False, regularizer="fsq")
+    encoded = encode_video(model, video, read_long_video=True, **SIZE)
+    assert "streamed" not in encoded.meta["clips"] and encoded.meta["clips"]["layout"] == [[0, 16], [16, 4]]
+    assert decode_tokens(model, encoded).shape == (3, 20, 32, 32)
+
+
+def test_tiled_encode_and_decode(models, tmp_path, capsys):
+    config, ckpt, model = models["kl"]
+    big = write_test_video(tmp_path / "big.mp4", num_frames=5, height=48, width=64)  # decord mis-reads 48-wide
+    plain = encode_video(model, big, input_height=48, input_width=48)
+    tiled = encode_video(model, big, input_height=48, input_width=48, tile_size=32, tile_overlap=16)  # 2×2 tiles
+    assert tiled.meta["tiling"] == {"tile_size": 32, "tile_overlap": 16} and plain.meta["tiling"] is None
+    assert tiled.tokens.shape == plain.tokens.shape == (1, 4, 9, 12, 12)
+    reference = decode_tokens(model, plain)
+    for encoded, tiles in ((plain, {"tile_size": 32, "tile_overlap": 16}), (tiled, {})):
+        video = decode_tokens(model, encoded, **tiles)
+        assert video.shape == reference.shape == (3, 5, 48, 48)
+        mse = ((video - reference) ** 2).mean().item()
+        assert 15 < 10 * np.log10(4 / mse) < 80  # close, not identical (random weights, 12×12 latents)
+    # one tile as large as the frame is no tiling at all
+    torch.testing.assert_close(decode_tokens(model, plain, tile_size=48), reference)
+
+    tokens = tmp_path / "t.npz"
+    assert cli(["encode", str(big), "-c", str(config), "--ckpt", str(ckpt), "-o", str(tokens), "--height", "48",
+                "--width", "48", "--tile_size", "32", "--read_long_video"]) == 0
+    assert load_tokens(tokens).meta["tiling"] == {"tile_size": 32, "tile_overlap": 8}
+    assert cli(["decode", str(tokens), "-o", str(tmp_path / "t.mp4"), "--tile_size", "32"]) == 0
+    assert len(decord.VideoReader(str(tmp_path / "t.mp4"))) == 5
+    assert cli(["decode", str(tokens), "-o", str(tmp_path / "u.mp4"), "--tile_size", "30"]) == 1
+    assert "--tile_size" in capsys.readouterr().err and not (tmp_path / "u.mp4").exists()

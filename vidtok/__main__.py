@@ -1,9 +1,10 @@
 """`python -m vidtok encode|decode`: a video to a token file and back.
 
     python -m vidtok encode VIDEO -c CONFIG --ckpt CKPT -o tokens.npz [--height 256 --width 256 --sample_fps N]
-    python -m vidtok decode tokens.npz -o out.mp4 [-c CONFIG --ckpt CKPT]
+        [--read_long_video] [--tile_size PX [--tile_overlap PX]]
+    python -m vidtok decode tokens.npz -o out.mp4 [-c CONFIG --ckpt CKPT] [--tile_size PX [--tile_overlap PX]]
 
-See :mod:`vidtok.tokens` for the file format.
+See :mod:`vidtok.tokens` for the file format. Decoding writes the video as it is decoded.
 """
 
 from __future__ import annotations
@@ -13,8 +14,14 @@ import logging
 import sys
 
 from vidtok.data.video_read import VideoReadError
-from vidtok.inference import PRECISIONS, default_device, to_uint8, write_video
-from vidtok.tokens import LATENT_DTYPES, decode_tokens, encode_video, load_model_for, load_tokens, save_tokens
+from vidtok.inference import PRECISIONS, VideoWriter, default_device, to_uint8
+from vidtok.tokens import LATENT_DTYPES, encode_video, iter_decoded_frames, load_model_for, load_tokens, save_tokens
+
+LONG_VIDEO_HELP = (
+    "causal models: encode the whole video as one clip, streaming it (frames read --chunk_size at a time, memory "
+    "independent of the length); decoding such a file streams too. Non-causal models cannot stream: they are "
+    "encoded clip by clip as without the flag"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--sample_fps", type=float, default=None, help="frames per second to keep (default: all)")
     enc.add_argument("--chunk_size", type=int, default=None, help="clip = chunk+1 (causal) or chunk frames; 16")
     enc.add_argument("--latent_dtype", choices=LATENT_DTYPES, default="float32", help="KL latents' storage type")
+    enc.add_argument("--read_long_video", action="store_true", help=LONG_VIDEO_HELP)
 
     dec = commands.add_parser("decode", help="token file -> video (.mp4)")
     dec.add_argument("tokens", help="token file written by `encode`")
@@ -39,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--ckpt", default=None, help="model checkpoint (default: the one recorded in the file)")
 
     for sub in (enc, dec):
+        sub.add_argument(
+            "--tile_size", type=int, default=None,
+            help="run the model on overlapping spatial tiles of this many pixels (a multiple of the spatial factor; "
+            "decoding uses tile_size/f latents); off by default",
+        )
+        sub.add_argument(
+            "--tile_overlap", type=int, default=None, help="overlap of the tiles in pixels (default: a quarter tile)"
+        )
         sub.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
         sub.add_argument("--precision", choices=PRECISIONS, default="full", help="full (fp32) or autocast")
     return parser
@@ -55,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             model = load_model_from_config(args.config, args.ckpt).to(device).eval()
             encoded = encode_video(
                 model, args.video, input_height=args.height, input_width=args.width, sample_fps=args.sample_fps,
-                chunk_size=args.chunk_size, latent_dtype=args.latent_dtype, precision=args.precision,
+                chunk_size=args.chunk_size, read_long_video=args.read_long_video, tile_size=args.tile_size,
+                tile_overlap=args.tile_overlap, latent_dtype=args.latent_dtype, precision=args.precision,
                 device=device, config=args.config, ckpt=args.ckpt, progress=True,
             )
             path = save_tokens(encoded, args.output)
@@ -66,9 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             encoded = load_tokens(args.tokens)
             model = load_model_for(encoded, args.config, args.ckpt).to(device)
-            video = decode_tokens(model, encoded, precision=args.precision, device=device, progress=True)
-            path = write_video(args.output, to_uint8(video), encoded.fps)
-            sys.stdout.write(f"{encoded.num_frames} frames at {encoded.fps:g} fps -> {path}\n")
+            frames = iter_decoded_frames(
+                model, encoded, tile_size=args.tile_size, tile_overlap=args.tile_overlap, precision=args.precision,
+                device=device, progress=True,
+            )
+            with VideoWriter(args.output, encoded.fps) as writer:
+                for video in frames:
+                    writer.write(to_uint8(video))
+            sys.stdout.write(f"{writer.num_frames} frames at {encoded.fps:g} fps -> {writer.path}\n")
     except (FileNotFoundError, ValueError, VideoReadError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 1

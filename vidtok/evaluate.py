@@ -7,9 +7,13 @@ The protocol is the original's (VidTok's README table, spec §7/§11):
   `chunk_size + 1` frames (causal models, 17) or `chunk_size` (non-causal, 16); the last clip is padded by
   repeating its last frame (:class:`vidtok.data.vidtok.VidTokValDataset`, `last_frames_handle="repeat"`). A
   video shorter than one clip is therefore one padded clip. With `read_long_video` each video is one clip of its
-  first `chunk·⌊(L-1)/chunk⌋+1` (causal) or `chunk·⌊L/chunk⌋` frames, run through the model in one pass (this
-  engine has no temporal tiling, so memory grows with the length; causal videos of at most `chunk` frames are
-  left out, as in the original);
+  first `chunk·⌊(L-1)/chunk⌋+1` (causal) or `chunk·⌊L/chunk⌋` frames (causal videos of at most `chunk` frames
+  are left out, as in the original). Causal models stream it: frames are read `chunk` at a time, pushed through
+  :class:`vidtok.inference.StreamingReconstructor` and scored as they come out, so memory does not grow with the
+  length, and the figures are those of the whole-clip pass (KL: of the posterior mean, as streaming does not
+  sample). Non-causal models cannot stream: the clip goes through the model in one pass;
+- `tile_size` / `tile_overlap` (pixels, off by default) run encoder and decoder on overlapping spatial tiles
+  (:mod:`vidtok.tiling`);
 - batch size 1; KL posteriors are sampled (the seed fixes them) unless `sample_posterior=False`;
 - PSNR / SSIM / LPIPS as in :mod:`vidtok.metrics`, a frame-weighted mean over all frames of all clips, the
   padding frames of last clips included (the original counts them; `count_padded_frames=False` leaves them out);
@@ -41,12 +45,16 @@ from vidtok.data.vidtok import VidTokValDataset
 from vidtok.inference import (
     check_frame_size,
     clip_length,
+    iter_frame_chunks,
     precision_context,
     reconstruct_clip,
     resolve_chunk_size,
+    resolve_tiles,
     seed_everything,
+    stream_reconstruct,
 )
 from vidtok.metrics import (
+    FRAME_GROUP_SIZE,
     FRAME_METRICS,
     FVD_NUM_FRAMES,
     FrameDistance,
@@ -124,6 +132,71 @@ class EvaluationResult:
         return csv_path, json_path
 
 
+class StreamScorer:
+    """Scores a reconstruction that arrives a few frames at a time exactly as :func:`score_frame_groups` scores
+    the whole clip: frames are gathered into the same groups of 16, and FVD gets the same first frames.
+
+    `add(x, x_hat)` takes `[3, t, H, W]` input and output frames in [-1, 1]; `close()` scores the last group.
+    Groups are scored on `device` (where `lpips_model` is).
+    """
+
+    def __init__(
+        self,
+        metrics: Sequence[str],
+        lpips_model: FrameDistance | None = None,
+        fvd: FVDAccumulator | None = None,
+        group_size: int = FRAME_GROUP_SIZE,
+        device: torch.device | str = "cpu",
+    ):
+        self.metrics = metrics
+        self.device = torch.device(device)
+        self.lpips_model = lpips_model
+        self.fvd = fvd
+        self.group_size = group_size
+        self.scores = MetricAccumulator()
+        self.num_frames = 0
+        self._group: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._group_frames = 0
+        self._fvd_frames: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if fvd is not None else None
+
+    def add(self, x: torch.Tensor, x_hat: torch.Tensor) -> None:
+        self.num_frames += x.shape[1]
+        if self._fvd_frames is not None:
+            self._fvd_frames.append((x, x_hat))
+            if sum(a.shape[1] for a, _ in self._fvd_frames) >= self.fvd.num_frames:
+                self._score_fvd()
+        while x.shape[1]:
+            take = min(self.group_size - self._group_frames, x.shape[1])
+            self._group.append((x[:, :take], x_hat[:, :take]))
+            self._group_frames += take
+            x, x_hat = x[:, take:], x_hat[:, take:]
+            if self._group_frames == self.group_size:
+                self._score_group()
+
+    def close(self) -> None:
+        if self._group_frames:
+            self._score_group()
+        if self._fvd_frames is not None:
+            self._score_fvd()
+
+    def _score_group(self) -> None:
+        x = torch.cat([a for a, _ in self._group], dim=1).unsqueeze(0).to(self.device)  # [1, 3, t, H, W]
+        x_hat = torch.cat([b for _, b in self._group], dim=1).unsqueeze(0).to(self.device)
+        self.scores.update_groups(
+            score_frame_groups(x, x_hat, self.metrics, self.lpips_model, group_size=self.group_size)
+        )
+        self._group, self._group_frames = [], 0
+
+    def _score_fvd(self) -> None:
+        """FVD sees the first `fvd.num_frames` frames, or (for a shorter video) all of them, once."""
+        if not self._fvd_frames:
+            return
+        x = torch.cat([a for a, _ in self._fvd_frames], dim=1)[:, : self.fvd.num_frames].unsqueeze(0)
+        x_hat = torch.cat([b for _, b in self._fvd_frames], dim=1)[:, : self.fvd.num_frames].unsqueeze(0)
+        self.fvd.update(x, x_hat)
+        self._fvd_frames = None
+
+
 def format_metrics(metrics: dict[str, float]) -> str:
     """`PSNR: 29.6400, SSIM: 0.8520, LPIPS: 0.1140` (the original's line), plus `FVD: ...` when computed."""
     return ", ".join(f"{name.upper()}: {value:.4f}" for name, value in metrics.items())
@@ -146,6 +219,8 @@ def evaluate(
     fvd_num_frames: int = FVD_NUM_FRAMES,
     count_padded_frames: bool = True,
     sample_posterior: bool = True,
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
     precision: str = "full",
     seed: int | None = 42,
     device: torch.device | str = "cpu",
@@ -169,7 +244,11 @@ def evaluate(
         raise ValueError("the fvd metric needs the I3D detector (vidtok.metrics.load_i3d)")
     chunk = resolve_chunk_size(model, chunk_size, num_frames_per_batch)
     check_frame_size(model, input_height, input_width)
+    tiles = resolve_tiles(model, tile_size, tile_overlap)
     length = clip_length(model, chunk)
+    streaming = read_long_video and model.is_causal
+    if streaming and not model.is_fsq and sample_posterior:
+        logger.info("streaming decodes the KL posterior mean (the latents are not sampled)")
     dataset = VidTokValDataset(
         data_dir=str(data_dir),
         meta_path=None if meta_path is None else str(meta_path),
@@ -202,6 +281,26 @@ def evaluate(
             video = videos[path]
             if video.status != "ok":
                 continue
+            if streaming:
+                window = dataset.windows[index]
+                scorer = StreamScorer(metrics, lpips_model, fvd.get(path), device=device)
+                try:
+                    chunks = iter_frame_chunks(
+                        path, window.frame_indices[: window.num_valid_frames], input_height, input_width, chunk
+                    )
+                    for x, x_hat in stream_reconstruct(model, chunks, window.num_valid_frames, tiles, precision,
+                                                       device):
+                        scorer.add(x, x_hat)
+                    scorer.close()
+                except VideoReadError as err:
+                    video.status, video.reason = "failed", f"{err.reason}: {err.detail}"
+                    logger.warning("leaving out %s: %s", path, video.reason)
+                    continue
+                frame_scores[path] += scorer.scores
+                video.num_clips += 1
+                video.num_frames += scorer.num_frames
+                video.num_valid_frames += scorer.num_frames
+                continue
             try:
                 item = dataset[index]
             except VideoReadError as err:
@@ -210,7 +309,7 @@ def evaluate(
                 continue
             x = item["jpg"].unsqueeze(0).to(device)  # [1, 3, T, H, W]
             with precision_context(precision, device):  # only the model: metrics are computed in float32
-                x_hat = reconstruct_clip(model, x, sample_posterior)
+                x_hat = reconstruct_clip(model, x, sample_posterior, tiles)
             num_valid = item["num_valid_frames"]
             scored = x.shape[2] if count_padded_frames else num_valid
             frame_scores[path].update_groups(
@@ -253,6 +352,9 @@ def evaluate(
         "chunk_size": chunk,
         "clip_frames": length,
         "read_long_video": read_long_video,
+        "streaming": streaming,
+        "tile_size": None if tiles is None else tiles.size,
+        "tile_overlap": None if tiles is None else tiles.overlap,
         "count_padded_frames": count_padded_frames,
         "sample_posterior": sample_posterior,
         "precision": precision,

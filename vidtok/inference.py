@@ -1,10 +1,17 @@
-"""What the inference entry points share: clip lengths, reading a video clip by clip, precision, video output.
+"""What the inference entry points share: clip lengths, reading a video clip by clip or chunk by chunk, spatial
+tiles, streaming reconstruction, precision, video output.
 
 A video is read the way VidTok's scripts read it: every `round(fps / sample_fps)`-th frame from frame 0, resized
 (shorter side to `input_height`, antialiased) and centre-cropped to `input_height × input_width`, in [-1, 1]; see
 :mod:`vidtok.data.video_read` and :mod:`vidtok.data.transforms`. It is then cut into consecutive, non-overlapping
 clips of `chunk_size + 1` frames for causal models (17) or `chunk_size` frames for non-causal ones (16). Each clip
 goes through the model on its own, as in the original.
+
+Long videos and causal models: :class:`StreamingReconstructor` encodes and decodes a whole video frame-exactly while
+its frames are pushed a chunk at a time (:func:`iter_frame_chunks` reads them from the file that way), so memory
+does not grow with the video's length; :class:`VideoWriter` writes the output as it comes. Non-causal models cannot
+stream (each frame depends on the whole clip). Large frames: :class:`SpatialTiles` (`--tile_size`) runs encoder and
+decoder on overlapping tiles of each frame, see :mod:`vidtok.tiling`.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import argparse
 import contextlib
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -24,6 +31,8 @@ import torch
 
 from vidtok.data.transforms import VidTokVideoTransform, pad_by_repeating_last
 from vidtok.data.video_read import VideoReadError, frame_interval, open_video, read_frames
+from vidtok.streaming import StreamingDecoder, StreamingEncoder
+from vidtok.tiling import Tiling, decode_tiled, encode_tiled
 
 logger = logging.getLogger(__name__)
 
@@ -119,15 +128,183 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+# --- spatial tiles -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpatialTiles:
+    """Tiles for encoding (`pixels`) and the matching tiles for decoding (`latents`: pixel sizes / spatial factor)."""
+
+    pixels: Tiling
+    latents: Tiling
+
+    @property
+    def size(self) -> int:
+        return self.pixels.size
+
+    @property
+    def overlap(self) -> int:
+        return self.pixels.overlap
+
+
+def resolve_tiles(model, tile_size: int | None, tile_overlap: int | None = None) -> SpatialTiles | None:
+    """`--tile_size` / `--tile_overlap` (pixels) as tiles for `model`; `None` without a tile size (no tiling).
+
+    Both must be multiples of the model's spatial factor f (tiles start on the latent grid), the overlap smaller
+    than the tile. The overlap defaults to a quarter of the tile, rounded down to a multiple of f.
+
+    Raises:
+        ValueError: naming the flag to fix.
+    """
+    if tile_size is None:
+        if tile_overlap is not None:
+            raise ValueError("--tile_overlap needs --tile_size (tiling is off without it)")
+        return None
+    f = model.spatial_downsample_factor
+    if tile_size < f or tile_size % f:
+        raise ValueError(
+            f"--tile_size must be a positive multiple of the model's spatial factor {f}, got {tile_size} "
+            f"(e.g. {max(f, tile_size // f * f)})"
+        )
+    if tile_overlap is None:
+        tile_overlap = tile_size // 4 // f * f
+    if tile_overlap < 0 or tile_overlap % f or tile_overlap >= tile_size:
+        raise ValueError(
+            f"--tile_overlap must be a multiple of the model's spatial factor {f} smaller than --tile_size "
+            f"{tile_size}, got {tile_overlap}"
+        )
+    return SpatialTiles(Tiling(tile_size, tile_overlap), Tiling(tile_size // f, tile_overlap // f))
+
+
+# --- running the model ---------------------------------------------------------------------------------------------
+
+
 @torch.no_grad()
-def reconstruct_clip(model, x: torch.Tensor, sample_posterior: bool = True) -> torch.Tensor:
+def reconstruct_clip(
+    model, x: torch.Tensor, sample_posterior: bool = True, tiles: SpatialTiles | None = None
+) -> torch.Tensor:
     """Encode and decode a clip `[B, 3, T, H, W]` in [-1, 1]; returns the last T decoded frames, unclamped.
 
     KL models sample the posterior (as the original's `model(x)` does) unless `sample_posterior=False`, which
-    decodes the posterior mean; FSQ models are deterministic either way.
+    decodes the posterior mean; FSQ models are deterministic either way. With `tiles`, encoder and decoder run on
+    overlapping spatial tiles (:func:`vidtok.tiling.encode_tiled` / :func:`~vidtok.tiling.decode_tiled`).
     """
-    z, _ = model.encode(x, sample=sample_posterior)
-    return model.decode(z)[:, :, -x.shape[2] :]
+    if tiles is None:
+        z, _ = model.encode(x, sample=sample_posterior)
+        return model.decode(z)[:, :, -x.shape[2] :]
+    z, _ = encode_tiled(model, x, tiles.pixels, sample=sample_posterior)
+    return decode_tiled(model, z, tiles.latents)[:, :, -x.shape[2] :]
+
+
+def padded_stream_length(model, num_frames: int) -> int:
+    """The length a causal model streams a `num_frames` video at: the smallest `1 + k·tdf >= num_frames`.
+
+    v1.0 models only take such lengths; v1.1 models take any, but with this length their front padding (`tdf - 1`
+    copies of frame 0) is the one the original's chunked long-video mode uses. The tail is filled by repeating the
+    last frame, and the reconstructions of those frames are dropped again.
+    """
+    if num_frames < 1:
+        raise ValueError(f"a video needs at least one frame, got {num_frames}")
+    tdf = model.time_downsample_factor
+    return 1 + tdf * -(-(num_frames - 1) // tdf)
+
+
+class StreamingReconstructor:
+    """Reconstruct a video of `num_frames` frames with a causal model while its frames arrive in chunks.
+
+    `push(frames)` (`[B, 3, t, H, W]`, any t) returns the reconstructed frames that are final so far (`[B, 3, t',
+    H, W]`, unclamped), in order from frame 0; `finish()`, once every frame was pushed, returns the rest. Memory
+    depends on the chunk size, not on the video's length. The video is padded to
+    :func:`padded_stream_length` by repeating its last frame, so the result is the whole-clip pass
+    `model(padded)[:, :, :num_frames]` up to float rounding, with one difference: KL latents are the posterior
+    mean (streaming does not sample). `tiles` runs each frame in overlapping spatial tiles.
+    """
+
+    def __init__(self, model, num_frames: int, tiles: SpatialTiles | None = None):
+        if not model.is_causal:
+            raise ValueError(
+                "streaming needs a causal model: a non-causal model's every frame depends on the whole clip"
+            )
+        self.num_frames = num_frames
+        self.length = padded_stream_length(model, num_frames)
+        self._encoder = StreamingEncoder(model, num_frames=self.length, tiling=None if tiles is None else tiles.pixels)
+        self._decoder = StreamingDecoder(model, tiling=None if tiles is None else tiles.latents)
+        # v1.1 decoders return tdf frames per latent: the first ones reconstruct the encoder's front padding
+        self._skip = model.decoder.output_frames(model.encoder.latent_frames(self.length)) - self.length
+        self._pushed = 0
+        self._emitted = 0
+        self._last: torch.Tensor | None = None  # the last frame pushed, to pad the tail with
+
+    @torch.no_grad()
+    def push(self, frames: torch.Tensor) -> torch.Tensor:
+        if frames.ndim != 5:
+            raise ValueError(f"expected frames [B, C, t, H, W], got shape {tuple(frames.shape)}")
+        if self._pushed + frames.shape[2] > self.num_frames:
+            raise ValueError(f"pushed {self._pushed + frames.shape[2]} frames into a {self.num_frames}-frame stream")
+        if frames.shape[2] == 0:
+            return frames
+        self._pushed += frames.shape[2]
+        self._last = frames[:, :, -1:]
+        return self._run(frames)
+
+    @torch.no_grad()
+    def finish(self) -> torch.Tensor:
+        if self._last is None or self._pushed != self.num_frames:
+            raise ValueError(f"finish() after {self._pushed} of the stream's {self.num_frames} frames")
+        parts = []
+        if self.length > self.num_frames:
+            parts.append(self._run(self._last.repeat(1, 1, self.length - self.num_frames, 1, 1)))
+        parts.append(self._keep(self._decoder.finish()))
+        out = torch.cat(parts, dim=2)
+        assert self._emitted == self.num_frames, (self._emitted, self.num_frames)
+        return out
+
+    def _run(self, frames: torch.Tensor) -> torch.Tensor:
+        z, _ = self._encoder.push(frames)
+        if z.shape[2] == 0:
+            return frames[:, :, :0]
+        return self._keep(self._decoder.push(z))
+
+    def _keep(self, out: torch.Tensor) -> torch.Tensor:
+        """Drop the frames of the front padding and those past the video's end."""
+        drop = min(self._skip, out.shape[2])
+        self._skip -= drop
+        out = out[:, :, drop : drop + self.num_frames - self._emitted]
+        self._emitted += out.shape[2]
+        return out
+
+
+def stream_reconstruct(
+    model,
+    chunks: Iterable[torch.Tensor],
+    num_frames: int,
+    tiles: SpatialTiles | None = None,
+    precision: str = "full",
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Stream the chunks `[3, t, H, W]` (CPU, [-1, 1]; `num_frames` in all) of a video through `model`.
+
+    Yields `(inputs, outputs)`, both `[3, t', H, W]` float32 on the CPU, outputs clamped to [-1, 1]: the frames
+    reconstructed so far, each beside its input. The model runs under `precision` on `device`, nothing else does.
+    """
+    stream = StreamingReconstructor(model, num_frames, tiles)
+    pending: list[torch.Tensor] = []  # input frames whose reconstruction has not come out yet
+
+    def pair(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        joined = torch.cat(pending, dim=1)
+        pending[:] = [joined[:, out.shape[2] :]]
+        return joined[:, : out.shape[2]], out[0].float().clamp(-1, 1).cpu()
+
+    for chunk in chunks:
+        pending.append(chunk)
+        with precision_context(precision, device):
+            out = stream.push(chunk.unsqueeze(0).to(device))
+        if out.shape[2]:
+            yield pair(out)
+    with precision_context(precision, device):
+        out = stream.finish()
+    if out.shape[2]:
+        yield pair(out)
 
 
 # --- reading a video clip by clip ----------------------------------------------------------------------------------
@@ -203,6 +380,25 @@ def iter_clips(plan: ClipPlan, height: int, width: int) -> Iterator[tuple[torch.
         yield clip.permute(1, 0, 2, 3), num_valid
 
 
+def iter_frame_chunks(
+    path: str, frame_indices: Sequence[int], height: int, width: int, chunk_frames: int
+) -> Iterator[torch.Tensor]:
+    """Read `frame_indices` of `path` a chunk at a time: `[3, t, height, width]` in [-1, 1], `t <= chunk_frames`.
+
+    Only one chunk's frames are decoded at a time (decord seeks to each chunk).
+
+    Raises:
+        VideoReadError: the file cannot be opened or a chunk cannot be decoded.
+    """
+    if chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    transform = VidTokVideoTransform(height, width)
+    reader = open_video(path)
+    for start in range(0, len(frame_indices), chunk_frames):
+        frames = read_frames(reader, frame_indices[start : start + chunk_frames], path)
+        yield transform.frames_to_tchw(frames).permute(1, 0, 2, 3)  # [3, t, H, W]
+
+
 # --- writing videos ------------------------------------------------------------------------------------------------
 
 
@@ -214,31 +410,90 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
     return (unit.permute(1, 2, 3, 0).cpu().numpy() * 255).astype(np.uint8)
 
 
+class VideoWriter:
+    """Write uint8 frames `[t, H, W, 3]` to a video a chunk at a time, with PyAV (H.264, yuv420p, encoder
+    defaults: what `torchvision.io.write_video` did). `options` go to the encoder, e.g. `{"crf": "18"}`.
+
+    The file is created at the first :meth:`write` (its frames fix the size, which must be even for yuv420p) and
+    completed by :meth:`close`; use it as a context manager, which removes the half-written file if the block
+    raises::
+
+        with VideoWriter("out.mp4", fps=30) as writer:
+            for frames in chunks:
+                writer.write(frames)
+    """
+
+    def __init__(
+        self, path: str | Path, fps: float, codec: str = "libx264", options: dict[str, str] | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.rate = Fraction(fps).limit_denominator(1001)
+        self.codec = codec
+        self.options = dict(options or {})
+        self.num_frames = 0
+        self._container = None
+        self._stream = None
+
+    def write(self, frames: np.ndarray) -> None:
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {frames.shape}")
+        if frames.shape[0] == 0:
+            return
+        _, H, W, _ = frames.shape
+        if self._stream is None:
+            if H % 2 or W % 2:
+                raise ValueError(f"H.264 (yuv420p) needs an even frame size, got {H}×{W}")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._container = av.open(str(self.path), mode="w")
+            self._stream = self._container.add_stream(self.codec, rate=self.rate)
+            self._stream.width, self._stream.height = W, H
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.options = self.options
+        elif (H, W) != (self._stream.height, self._stream.width):
+            raise ValueError(f"frames of {H}×{W} in a {self._stream.height}×{self._stream.width} video")
+        for frame in frames:
+            for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                self._container.mux(packet)
+        self.num_frames += frames.shape[0]
+
+    def close(self) -> None:
+        """Flush the encoder and close the file (nothing is written if no frame was)."""
+        if self._container is None:
+            return
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+        finally:
+            self._container.close()
+            self._container = self._stream = None
+
+    def discard(self) -> None:
+        """Close and delete the file, if this writer created one."""
+        created = self._container is not None
+        try:
+            self.close()
+        finally:
+            if created:
+                self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
+
+
 def write_video(
     path: str | Path, frames: np.ndarray, fps: float, codec: str = "libx264", options: dict[str, str] | None = None
 ) -> Path:
-    """Write uint8 frames `[T, H, W, 3]` with PyAV (H.264, yuv420p, encoder defaults: what
-    `torchvision.io.write_video` did). `options` go to the encoder, e.g. `{"crf": "18"}`.
-
-    H and W must be even for yuv420p.
-    """
+    """Write uint8 frames `[T, H, W, 3]` (T >= 1) in one go; see :class:`VideoWriter`. H and W must be even."""
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
         raise ValueError(f"expected uint8 frames [T, H, W, 3] with T >= 1, got {frames.dtype} {frames.shape}")
-    T, H, W, _ = frames.shape
-    if H % 2 or W % 2:
-        raise ValueError(f"H.264 (yuv420p) needs an even frame size, got {H}×{W}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height = W, H
-        stream.pix_fmt = "yuv420p"
-        stream.options = dict(options or {})
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    with VideoWriter(path, fps, codec, options) as writer:
+        writer.write(frames)
+    return Path(path)

@@ -11,22 +11,33 @@ As in the original script:
   *reconstructed* frames of the previous clip followed by the 17 new input frames (20 for tdf 4), and the last 17
   output frames are kept — so each clip starts from what the decoder produced rather than from a fresh first
   frame;
-- `read_long_video`: the whole video is one clip.
+- `read_long_video`: the whole video is one clip, with no seams between windows.
 
 Different from the original, on purpose:
 
 - The tail that does not fill a clip is reconstructed too: it is padded by repeating its last frame, encoded and
   decoded, and the padding is cut off again, so the output has every sampled frame. (The original drops it.)
-- With `read_long_video` the clip is likewise padded up to the next length the model takes (`1 + k·chunk_size`
-  or `k·chunk_size`) instead of cut down to it, and it runs through the model in one pass: this engine has no
-  temporal tiling, so memory grows with the video's length. The original required a v1.1 model for this mode
-  (for its tiling); here any model works.
+- `read_long_video` with a causal model (v1.0 or v1.1) *streams*: frames are read from the file `chunk_size` at a
+  time, pushed through :class:`vidtok.inference.StreamingReconstructor`, and the output is written as it comes,
+  so memory does not grow with the video's length. The result is the whole-clip pass over the video padded to
+  `1 + k·tdf` frames (by repeating the last one) up to float rounding; KL latents are the posterior mean (streaming
+  does not sample). The original needed a v1.1 model and its chunked mode, whose decoder chunks differ slightly
+  from the whole-clip pass.
+- `read_long_video` with a non-causal model cannot stream: the video is padded to `k·chunk_size` frames and goes
+  through the model in one pass, so memory grows with its length.
+- `tile_size` / `tile_overlap` (pixels; off by default) run encoder and decoder on overlapping spatial tiles of
+  each frame (latent tiles of `tile_size / f` for the decoder), for frames too large to fit in memory at once;
+  see :mod:`vidtok.tiling`. Tiled and untiled results differ slightly near tile borders. Tiles bound the
+  activations of a clip, not a stream's state: streaming keeps the last frames of every causal layer (for every
+  tile), which for the full-size 488 models at 1080p is tens of GiB, so at such sizes tile clip by clip (without
+  `read_long_video`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,113 +46,204 @@ import torch
 from tqdm import tqdm
 
 from vidtok.inference import (
+    SpatialTiles,
+    VideoWriter,
     check_frame_size,
     clip_length,
     iter_clips,
+    iter_frame_chunks,
     long_clip_length,
+    padded_stream_length,
     plan_clips,
     precision_context,
     reconstruct_clip,
     resolve_chunk_size,
+    resolve_tiles,
+    stream_reconstruct,
     to_uint8,
-    write_video,
 )
+from vidtok.tiling import decode_tiled, run_tiled
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class Reconstruction:
-    """A reconstructed video: uint8 frames `[T, H, W, 3]` for the input and the output, and timing."""
+@dataclass(kw_only=True)
+class ReconstructionInfo:
+    """How a video was reconstructed: frame rate, clip layout (one clip when streamed), frames and time taken
+    (reading and the model, not writing)."""
 
-    inputs: np.ndarray
-    outputs: np.ndarray
     fps: float
     clip_length: int
     num_clips: int
+    num_frames: int
     seconds: float
+    streamed: bool = False
+    tiles: SpatialTiles | None = None
+
+
+@dataclass(kw_only=True)
+class Reconstruction(ReconstructionInfo):
+    """A reconstructed video in memory: uint8 frames `[T, H, W, 3]` for the input and the output."""
+
+    inputs: np.ndarray
+    outputs: np.ndarray
 
     def side_by_side(self, concat_input: bool = True) -> np.ndarray:
         """`[input | output]` along the width, or the output alone."""
-        return np.concatenate([self.inputs, self.outputs], axis=2) if concat_input else self.outputs
+        return side_by_side(self.inputs, self.outputs, concat_input)
+
+
+def side_by_side(inputs: np.ndarray, outputs: np.ndarray, concat_input: bool = True) -> np.ndarray:
+    """`[input | output]` frames `[T, H, 2W, 3]`, or the output alone."""
+    return np.concatenate([inputs, outputs], axis=2) if concat_input else outputs
 
 
 @torch.no_grad()
-def forward_after_context(model, context: torch.Tensor, x: torch.Tensor, sample_posterior: bool = True) -> torch.Tensor:
+def forward_after_context(
+    model, context: torch.Tensor, x: torch.Tensor, sample_posterior: bool = True, tiles: SpatialTiles | None = None
+) -> torch.Tensor:
     """Reconstruct `x` `[B, 3, T, H, W]` with `context` frames in front; returns the last T output frames.
 
     This is the original's `pad_gen_frames` step, `model(cat([context, x]))[..., -T:]`. The combined clip
     (`tdf - 1 + T` frames, e.g. 20) is not a length the engine's `encode` accepts for v1.0 models (it wants
     `1 + k·tdf`), so the encoder, regularizer and decoder are called directly, which is what the original's
     engine did with such a clip: no front padding (the length is a multiple of tdf) and, for v1.0, a decoder
-    output of `T` frames.
+    output of `T` frames. `tiles` runs both on overlapping spatial tiles.
     """
     clip = torch.cat([context, x], dim=2)
-    h = model.encoder(clip)
+    if tiles is None:
+        h = model.encoder(clip)
+    else:
+        f = model.spatial_downsample_factor
+        h = run_tiled(lambda tile, _: model.encoder(tile), clip, tiles.pixels, 1 / f, f)
     kwargs = {} if model.is_fsq else {"sample": sample_posterior}
     z, _ = model.regularization(h, compute_aux=False, **kwargs)
-    return model.decoder(z)[:, :, -x.shape[2] :]
+    out = model.decoder(z) if tiles is None else decode_tiled(model, z, tiles.latents)
+    return out[:, :, -x.shape[2] :]
 
 
-def reconstruct_video(
-    model,
-    video_path: str | Path,
-    *,
-    input_height: int = 256,
-    input_width: int = 256,
-    sample_fps: float = 30,
-    chunk_size: int | None = None,
-    num_frames_per_batch: int | None = None,
-    read_long_video: bool = False,
-    pad_gen_frames: bool = False,
-    sample_posterior: bool = True,
-    precision: str = "full",
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-) -> Reconstruction:
-    """Reconstruct every sampled frame of `video_path` with `model` (already on `device`, in eval mode).
+class VideoReconstructor:
+    """One video's reconstruction: the settings are checked and the video planned when it is built, and iterating
+    yields `(inputs, outputs)`, float32 `[3, t, H, W]` on the CPU in [-1, 1] (outputs clamped), every sampled
+    frame once and in order: a clip at a time, or (streaming) as the frames come out of the model.
+
+    Arguments are those of :func:`reconstruct_video`.
 
     Raises:
         VideoReadError: the video is missing, unreadable, empty or its frame rate is too low for `sample_fps`.
-        ValueError: a frame size or clip length the model cannot take (naming the flag).
+        ValueError: a frame size, clip length or tile size the model cannot take (naming the flag).
     """
-    device = torch.device(device)
-    chunk = resolve_chunk_size(model, chunk_size, num_frames_per_batch)
-    check_frame_size(model, input_height, input_width)
-    if pad_gen_frames and (not model.is_causal or read_long_video):
-        logger.warning("pad_gen_frames applies to causal models in clip mode only; ignoring it")
-        pad_gen_frames = False
-    if read_long_video:
-        plan = plan_clips(video_path, sample_fps, long_clip=lambda n: long_clip_length(model, n, chunk))
-    else:
-        plan = plan_clips(video_path, sample_fps, length=clip_length(model, chunk))
-    context_frames = model.time_downsample_factor - 1
 
+    def __init__(
+        self,
+        model,
+        video_path: str | Path,
+        *,
+        input_height: int = 256,
+        input_width: int = 256,
+        sample_fps: float = 30,
+        chunk_size: int | None = None,
+        num_frames_per_batch: int | None = None,
+        read_long_video: bool = False,
+        pad_gen_frames: bool = False,
+        sample_posterior: bool = True,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
+        precision: str = "full",
+        device: torch.device | str = "cpu",
+        progress: bool = True,
+    ):
+        self.model = model
+        self.device = torch.device(device)
+        self.chunk = resolve_chunk_size(model, chunk_size, num_frames_per_batch)
+        check_frame_size(model, input_height, input_width)
+        self.tiles = resolve_tiles(model, tile_size, tile_overlap)
+        self.height, self.width = input_height, input_width
+        self.fps = sample_fps
+        self.sample_posterior = sample_posterior
+        self.precision = precision
+        self.progress = progress
+        self.streaming = read_long_video and model.is_causal
+        if pad_gen_frames and (not model.is_causal or read_long_video):
+            logger.warning("pad_gen_frames applies to causal models in clip mode only; ignoring it")
+            pad_gen_frames = False
+        self.pad_gen_frames = pad_gen_frames
+        if self.streaming:
+            self.plan = plan_clips(video_path, sample_fps, long_clip=lambda n: padded_stream_length(model, n))
+            if not model.is_fsq and sample_posterior:
+                logger.info("streaming decodes the KL posterior mean (the latents are not sampled)")
+        elif read_long_video:
+            self.plan = plan_clips(video_path, sample_fps, long_clip=lambda n: long_clip_length(model, n, self.chunk))
+        else:
+            self.plan = plan_clips(video_path, sample_fps, length=clip_length(model, self.chunk))
+
+    @property
+    def num_frames(self) -> int:
+        return self.plan.num_frames
+
+    def info(self, seconds: float) -> ReconstructionInfo:
+        return ReconstructionInfo(
+            fps=self.fps,
+            clip_length=self.plan.length,
+            num_clips=len(self.plan.clips),
+            num_frames=self.plan.num_frames,
+            seconds=seconds,
+            streamed=self.streaming,
+            tiles=self.tiles,
+        )
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self._stream() if self.streaming else self._clips()
+
+    def _stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        chunks = iter_frame_chunks(self.plan.path, self.plan.frame_indices, self.height, self.width, self.chunk)
+        pairs = stream_reconstruct(self.model, chunks, self.plan.num_frames, self.tiles, self.precision, self.device)
+        with tqdm(total=self.plan.num_frames, desc="reconstructing", unit="frame", disable=not self.progress) as bar:
+            for inputs, outputs in pairs:
+                bar.update(outputs.shape[1])
+                yield inputs, outputs
+
+    def _clips(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        model = self.model
+        context_frames = model.time_downsample_factor - 1
+        context = None
+        clips = iter_clips(self.plan, self.height, self.width)
+        total = len(self.plan.clips)
+        for clip, num_valid in tqdm(clips, total=total, desc="reconstructing", disable=not self.progress):
+            x = clip.unsqueeze(0).to(self.device)  # [1, 3, T, H, W]
+            with precision_context(self.precision, self.device):
+                if context is not None:
+                    x_hat = forward_after_context(model, context, x, self.sample_posterior, self.tiles)
+                else:
+                    x_hat = reconstruct_clip(model, x, self.sample_posterior, self.tiles)
+                x_hat = x_hat.float().clamp(-1, 1)
+                if self.pad_gen_frames and context_frames > 0:
+                    # the padded tail is never followed by another clip, so its padding never becomes context
+                    context = x_hat[:, :, -context_frames:].to(x.dtype)
+            yield clip[:, :num_valid], x_hat[0, :, :num_valid].cpu()
+
+
+def reconstruct_video(model, video_path: str | Path, **kwargs) -> Reconstruction:
+    """Reconstruct every sampled frame of `video_path` with `model` (already on `device`, in eval mode), in memory.
+
+    Keyword arguments (see :class:`VideoReconstructor`): `input_height`, `input_width` (256), `sample_fps` (30),
+    `chunk_size` / `num_frames_per_batch`, `read_long_video`, `pad_gen_frames`, `sample_posterior` (True),
+    `tile_size`, `tile_overlap`, `precision` ("full"), `device` ("cpu"), `progress` (True).
+
+    Raises:
+        VideoReadError: the video is missing, unreadable, empty or its frame rate is too low for `sample_fps`.
+        ValueError: a frame size, clip length or tile size the model cannot take (naming the flag).
+    """
+    reconstructor = VideoReconstructor(model, video_path, **kwargs)
     inputs, outputs = [], []
-    context = None
     tic = time.time()
-    with precision_context(precision, device):
-        clips = iter_clips(plan, input_height, input_width)
-        for clip, num_valid in tqdm(clips, total=len(plan.clips), desc="reconstructing", disable=not progress):
-            x = clip.unsqueeze(0).to(device)  # [1, 3, T, H, W]
-            if context is not None:
-                x_hat = forward_after_context(model, context, x, sample_posterior)
-            else:
-                x_hat = reconstruct_clip(model, x, sample_posterior)
-            x_hat = x_hat.float().clamp(-1, 1)
-            if pad_gen_frames and context_frames > 0:
-                # the padded tail is never followed by another clip, so its padding never becomes context
-                context = x_hat[:, :, -context_frames:].to(x.dtype)
-            inputs.append(x[0, :, :num_valid].cpu())
-            outputs.append(x_hat[0, :, :num_valid].cpu())
+    for x, x_hat in reconstructor:
+        inputs.append(x)
+        outputs.append(x_hat)
     seconds = time.time() - tic
+    info = reconstructor.info(seconds)
     return Reconstruction(
-        inputs=to_uint8(torch.cat(inputs, dim=1)),
-        outputs=to_uint8(torch.cat(outputs, dim=1)),
-        fps=sample_fps,
-        clip_length=plan.length,
-        num_clips=len(plan.clips),
-        seconds=seconds,
+        **vars(info), inputs=to_uint8(torch.cat(inputs, dim=1)), outputs=to_uint8(torch.cat(outputs, dim=1))
     )
 
 
@@ -152,8 +254,16 @@ def output_path_for(video_path: str | Path, output_dir: str | Path) -> Path:
 
 def reconstruct_to_file(
     model, video_path: str | Path, output_dir: str | Path, *, concat_input: bool = True, **kwargs
-) -> tuple[Path, Reconstruction]:
-    """:func:`reconstruct_video`, then write `{stem}_reconstructed.mp4` to `output_dir` at `sample_fps`."""
-    result = reconstruct_video(model, video_path, **kwargs)
-    path = write_video(output_path_for(video_path, output_dir), result.side_by_side(concat_input), result.fps)
-    return path, result
+) -> tuple[Path, ReconstructionInfo]:
+    """Reconstruct `video_path` as :func:`reconstruct_video` does and write `{stem}_reconstructed.mp4` to
+    `output_dir` at `sample_fps`, frames as they come: nothing of the video is kept in memory."""
+    reconstructor = VideoReconstructor(model, video_path, **kwargs)
+    path = output_path_for(video_path, output_dir)
+    writing = 0.0
+    tic = time.time()
+    with VideoWriter(path, reconstructor.fps) as writer:  # a failure removes the half-written video
+        for x, x_hat in reconstructor:
+            start = time.time()
+            writer.write(side_by_side(to_uint8(x), to_uint8(x_hat), concat_input))
+            writing += time.time() - start
+    return path, reconstructor.info(time.time() - tic - writing)

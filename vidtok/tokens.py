@@ -8,12 +8,25 @@ A token file is an `.npz` archive with two arrays:
   deterministic.
 - `meta`: a JSON string with what decoding needs: the model (config path and its YAML text, checkpoint path,
   kind, causality, temporal/spatial factors, codebook or latent channels), the video (source path, source and
-  output fps, frame count, size) and the clip layout (clip length, `(start, num_valid)` of every clip).
+  output fps, frame count, size), the clip layout (clip length, `(start, num_valid)` of every clip, and
+  `streamed: true` for a streamed long video) and the encoder's spatial tiles (`tiling`, or null).
 
 The video is cut as the inference scripts cut it (see :mod:`vidtok.inference`): consecutive non-overlapping
 clips of `chunk_size + 1` frames (causal) or `chunk_size` (non-causal), each encoded on its own; the last clip is
 padded by repeating its last frame, and decoding drops the padding again, so every sampled frame comes back.
 Decoding a file gives exactly what decoding the in-memory :class:`EncodedVideo` gives.
+
+Long videos (`read_long_video`, causal models): the whole video is one clip, padded to `1 + k·tdf` frames by
+repeating its last frame, and *streamed*: frames are read `chunk_size` at a time and pushed through
+:class:`vidtok.streaming.StreamingEncoder`, so memory does not grow with the length (only the latents, which are
+what the file stores, are kept). Such a file (`clips.streamed` in its metadata) is decoded by streaming its latents
+through :class:`vidtok.streaming.StreamingDecoder` too, and the frames come out a chunk at a time
+(:func:`iter_decoded_frames`). It is still an ordinary one-clip file: decoding it in one pass gives the same video.
+Non-causal models cannot stream; with `read_long_video` they are encoded clip by clip as usual.
+
+`tile_size` / `tile_overlap` (pixels, off by default) encode or decode each frame in overlapping spatial tiles
+(decoder tiles are `tile_size / f` latents), see :mod:`vidtok.tiling`. Encoder outputs are blended before
+quantisation, so FSQ tokens stay valid codes.
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,13 +46,19 @@ from tqdm import tqdm
 
 from vidtok.api import load_model_from_config
 from vidtok.inference import (
+    SpatialTiles,
     check_frame_size,
     clip_length,
     iter_clips,
+    iter_frame_chunks,
+    padded_stream_length,
     plan_clips,
     precision_context,
     resolve_chunk_size,
+    resolve_tiles,
 )
+from vidtok.streaming import StreamingDecoder, StreamingEncoder
+from vidtok.tiling import decode_tiled, encode_tiled
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +118,9 @@ def encode_video(
     input_width: int = 256,
     sample_fps: float | None = None,
     chunk_size: int | None = None,
+    read_long_video: bool = False,
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
     latent_dtype: str = "float32",
     precision: str = "full",
     device: torch.device | str = "cpu",
@@ -108,28 +131,37 @@ def encode_video(
     """Encode every sampled frame of `video_path` (`sample_fps=None`: every frame) with `model` (on `device`,
     eval mode). `config`/`ckpt` are recorded so that the file can be decoded without naming them again.
 
+    `read_long_video` streams a causal model's whole video as one clip (see the module docstring); a non-causal
+    model is encoded clip by clip anyway. `tile_size`/`tile_overlap` (pixels) encode in spatial tiles.
+
     Raises:
         VideoReadError: the video cannot be read.
-        ValueError: a frame size or chunk the model cannot take, or an unknown `latent_dtype`.
+        ValueError: a frame size, chunk or tile size the model cannot take, or an unknown `latent_dtype`.
     """
     if latent_dtype not in LATENT_DTYPES:
         raise ValueError(f"latent_dtype must be one of {LATENT_DTYPES}, got {latent_dtype!r}")
     device = torch.device(device)
     chunk = resolve_chunk_size(model, chunk_size)
     check_frame_size(model, input_height, input_width)
-    plan = plan_clips(video_path, sample_fps, length=clip_length(model, chunk))
+    tiles = resolve_tiles(model, tile_size, tile_overlap)
+    streamed = read_long_video and model.is_causal
+    if read_long_video and not streamed:
+        logger.warning("read_long_video: a non-causal model cannot stream; encoding the video clip by clip")
+    if streamed:
+        plan = plan_clips(video_path, sample_fps, long_clip=lambda n: padded_stream_length(model, n))
+    else:
+        plan = plan_clips(video_path, sample_fps, length=clip_length(model, chunk))
     description = model_description(model)
 
-    parts = []
     with precision_context(precision, device):
-        for clip, _ in tqdm(iter_clips(plan, input_height, input_width), total=len(plan.clips), disable=not progress):
-            x = clip.unsqueeze(0).to(device)  # [1, 3, T, H, W]
-            if model.is_fsq:
-                _, reg_log = model.encode(x)
-                parts.append(reg_log["indices"][0].cpu().numpy())  # [T', H', W']
-            else:
-                z, _ = model.encode(x, sample=False)  # posterior mean
-                parts.append(z[0].float().cpu().numpy())  # [C, T', H', W']
+        if streamed:
+            parts = [_encode_streamed(model, plan, input_height, input_width, chunk, tiles, device, progress)]
+        else:
+            parts = []
+            clips = iter_clips(plan, input_height, input_width)
+            for clip, _ in tqdm(clips, total=len(plan.clips), disable=not progress):
+                x = clip.unsqueeze(0).to(device)  # [1, 3, T, H, W]
+                parts.append(_encode_clip(model, x, tiles))
     if model.is_fsq:
         stacked = np.stack(parts)
         dtype = index_dtype(description["codebook_size"])
@@ -166,11 +198,49 @@ def encode_video(
             "chunk_size": chunk,
             "clip_frames": plan.length,
             "layout": [list(c) for c in plan.clips],
+            **({"streamed": True} if streamed else {}),  # absent in clip files, as in files from before streaming
         },
+        "tiling": None if tiles is None else {"tile_size": tiles.size, "tile_overlap": tiles.overlap},
         "dtype": str(tokens.dtype),
         "shape": list(tokens.shape),
     }
     return EncodedVideo(kind=description["kind"], tokens=tokens, meta=meta)
+
+
+def _encode_clip(model, x: torch.Tensor, tiles: SpatialTiles | None) -> np.ndarray:
+    """One clip `[1, 3, T, H, W]` -> FSQ indices `[T', H', W']` or the KL posterior mean `[C, T', H', W']`."""
+    if tiles is None:
+        z, reg_log = model.encode(x, sample=False)
+    else:
+        z, reg_log = encode_tiled(model, x, tiles.pixels, sample=False)
+    if model.is_fsq:
+        return reg_log["indices"][0].cpu().numpy()
+    return z[0].float().cpu().numpy()
+
+
+def _encode_streamed(
+    model, plan, height: int, width: int, chunk: int, tiles: SpatialTiles | None, device, progress: bool
+) -> np.ndarray:
+    """Stream a planned one-clip video through a causal encoder, padding its tail to `plan.length` frames."""
+    encoder = StreamingEncoder(model, num_frames=plan.length, tiling=None if tiles is None else tiles.pixels)
+    parts = []
+
+    def push(frames: torch.Tensor) -> None:
+        z, reg_log = encoder.push(frames.unsqueeze(0).to(device))
+        if model.is_fsq:
+            parts.append(reg_log["indices"][0].cpu().numpy())  # [t', H', W']
+        else:
+            parts.append(z[0].float().cpu().numpy())  # [C, t', H', W']
+
+    last = None
+    with tqdm(total=plan.num_frames, unit="frame", disable=not progress) as bar:
+        for frames in iter_frame_chunks(plan.path, plan.frame_indices, height, width, chunk):
+            push(frames)
+            last = frames[:, -1:]
+            bar.update(frames.shape[1])
+    if plan.length > plan.num_frames:
+        push(last.repeat(1, plan.length - plan.num_frames, 1, 1))  # the tail, padded with the last frame
+    return np.concatenate(parts, axis=0 if model.is_fsq else 1)
 
 
 def save_tokens(encoded: EncodedVideo, path: str | Path) -> Path:
@@ -245,35 +315,106 @@ def check_model_matches(model, encoded: EncodedVideo) -> None:
 
 
 @torch.no_grad()
+def iter_decoded_frames(
+    model,
+    encoded: EncodedVideo,
+    *,
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
+    precision: str = "full",
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> Iterator[torch.Tensor]:
+    """Decode a token file a piece at a time: frames `[3, t, H, W]` in [-1, 1] (clamped), on the CPU, in order,
+    every one of the file's `num_frames` frames once.
+
+    Clip files yield a clip at a time: each clip's last `clip_frames` decoded frames (v1.1 decoders return a few
+    more), less its padding. Streamed files (causal models) are decoded by streaming their latents `chunk_size /
+    tdf` at a time, so memory does not grow with the length. `tile_size`/`tile_overlap` (pixels) decode in
+    overlapping latent tiles of `tile_size / f`.
+    """
+    check_model_matches(model, encoded)
+    device = torch.device(device)
+    tiles = resolve_tiles(model, tile_size, tile_overlap)
+    clips = encoded.meta["clips"]
+    clip_frames = int(clips["clip_frames"])
+    layout = clips["layout"]
+    if len(layout) != encoded.tokens.shape[0]:
+        raise ValueError(f"the token file has {encoded.tokens.shape[0]} clips but its layout lists {len(layout)}")
+    if clips.get("streamed") and model.is_causal:
+        yield from _decode_streamed(model, encoded, tiles, precision, device, progress)
+        return
+    for part, (_, num_valid) in tqdm(zip(encoded.tokens, layout, strict=True), total=len(layout),
+                                     disable=not progress):
+        with precision_context(precision, device):
+            z = _latents(model, encoded, part).to(device)
+            video = model.decoder(z) if tiles is None else decode_tiled(model, z, tiles.latents)
+        yield video[:, :, -clip_frames:][0, :, :num_valid].float().clamp(-1, 1).cpu()
+
+
+def _latents(model, encoded: EncodedVideo, part: np.ndarray) -> torch.Tensor:
+    """One clip's stored tokens as the decoder's input `[1, C, T', H', W']`."""
+    if encoded.kind == "fsq":
+        indices = torch.from_numpy(part.astype(np.int64)).unsqueeze(0)  # [1, T', H', W']
+        return model.regularization.indices_to_codes(indices).to(next(model.decoder.parameters()).dtype)
+    return torch.from_numpy(part.astype(np.float32)).unsqueeze(0)  # [1, C, T', H', W']
+
+
+def _decode_streamed(
+    model, encoded: EncodedVideo, tiles: SpatialTiles | None, precision: str, device, progress: bool
+) -> Iterator[torch.Tensor]:
+    """Stream a one-clip file's latents through the decoder; drop the frames of the encoder's front padding (v1.1)
+    and of the tail padding."""
+    (part,), ((_, num_valid),) = encoded.tokens, encoded.meta["clips"]["layout"]
+    clip_frames = int(encoded.meta["clips"]["clip_frames"])
+    num_latents = part.shape[0] if encoded.kind == "fsq" else part.shape[1]
+    step = max(1, int(encoded.meta["clips"]["chunk_size"]) // model.time_downsample_factor)
+    skip = model.decoder.output_frames(num_latents) - clip_frames  # decoded frames before the clip's first
+    left = num_valid
+    decoder = StreamingDecoder(model, tiling=None if tiles is None else tiles.latents)
+
+    def keep(video: torch.Tensor) -> torch.Tensor | None:
+        nonlocal skip, left
+        drop = min(skip, video.shape[2])
+        skip -= drop
+        video = video[0, :, drop : drop + left].float().clamp(-1, 1).cpu()
+        left -= video.shape[1]
+        return video if video.shape[1] else None
+
+    with tqdm(total=num_valid, unit="frame", disable=not progress) as bar:
+        for start in range(0, num_latents, step):
+            piece = part[start : start + step] if encoded.kind == "fsq" else part[:, start : start + step]
+            with precision_context(precision, device):
+                video = keep(decoder.push(_latents(model, encoded, piece).to(device)))
+            if video is not None:
+                bar.update(video.shape[1])
+                yield video
+        with precision_context(precision, device):
+            video = keep(decoder.finish())
+        if video is not None:
+            bar.update(video.shape[1])
+            yield video
+    if left:
+        raise ValueError(f"the token file's latents decode to {num_valid - left} frames, its metadata says {num_valid}")
+
+
+@torch.no_grad()
 def decode_tokens(
     model,
     encoded: EncodedVideo,
     *,
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
     precision: str = "full",
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> torch.Tensor:
     """Decode a token file's clips and join them: video `[3, num_frames, H, W]` in [-1, 1] (clamped), on the CPU.
 
-    Each clip's last `clip_frames` decoded frames are kept (v1.1 decoders return a few more), then its padding
-    is dropped.
+    See :func:`iter_decoded_frames`, which gives the same frames a piece at a time.
     """
-    check_model_matches(model, encoded)
-    device = torch.device(device)
-    clip_frames = int(encoded.meta["clips"]["clip_frames"])
-    layout = encoded.meta["clips"]["layout"]
-    if len(layout) != encoded.tokens.shape[0]:
-        raise ValueError(f"the token file has {encoded.tokens.shape[0]} clips but its layout lists {len(layout)}")
-    frames = []
-    with precision_context(precision, device):
-        for part, (_, num_valid) in tqdm(zip(encoded.tokens, layout, strict=True), total=len(layout),
-                                         disable=not progress):
-            if encoded.kind == "fsq":
-                indices = torch.from_numpy(part.astype(np.int64)).unsqueeze(0).to(device)  # [1, T', H', W']
-                video = model.decode(indices, decode_from_indices=True)
-            else:
-                z = torch.from_numpy(part.astype(np.float32)).unsqueeze(0).to(device)  # [1, C, T', H', W']
-                video = model.decode(z)
-            video = video[:, :, -clip_frames:][0, :, :num_valid]
-            frames.append(video.float().clamp(-1, 1).cpu())
-    return torch.cat(frames, dim=1)
+    frames = iter_decoded_frames(
+        model, encoded, tile_size=tile_size, tile_overlap=tile_overlap, precision=precision, device=device,
+        progress=progress,
+    )
+    return torch.cat(list(frames), dim=1)

