@@ -103,7 +103,7 @@ def plot_curves(run_dir: Path, output: Path) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default="outputs/demo", help="where data, the run and the results go")
-    parser.add_argument("--max_steps", type=int, default=300, help="optimiser steps (two per batch)")
+    parser.add_argument("--max_steps", type=int, default=200, help="optimiser steps (two per batch)")
     args = parser.parse_args(argv)
     start = time.time()
     workdir = (REPO / args.workdir).resolve()
