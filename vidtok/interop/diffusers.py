@@ -37,8 +37,9 @@ Frame counts (diffusers 0.42.1; `tcr` = temporal factor):
   latents differ although both return T frames.
 - `AutoencoderVidTok.encode` does not pad (17 frames give 4 latent frames, ours 5): prepend the `tcr-1` copies
   yourself, or use `forward(..., encoder_mode=True)`. Its causal `decode` always drops the first `tcr-1` frames.
-- Non-causal `forward` pads the end to a multiple of 16 frames, and `decode` truncates the latent to a multiple
-  of 4 frames.
+- Non-causal `forward` pads the end to a multiple of 16 frames with copies of the last frame (ours takes any
+  multiple of 4 as it is, so T=8 gives other latents), `forward(..., encoder_mode=True)` truncates to a multiple
+  of 16 instead, and `decode` truncates the latent to a multiple of 4 frames.
 """
 
 from __future__ import annotations
