@@ -27,6 +27,7 @@ import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
+from vidtok.inference import str2bool
 from vidtok.train import (
     TrainResult,
     WandbOptions,
@@ -44,16 +45,6 @@ OWN_TRAINER_ARGS = {"self", "logger", "callbacks", "default_root_dir", "plugins"
 # `key.sub=value` config overrides (without leading dashes), told apart before argparse sees them so that a flag
 # with an optional value (`--scale_lr`) does not take an override for its value.
 OVERRIDE = re.compile(r"^[A-Za-z_][\w\-]*(\.[\w\-\[\]]+)*=")
-
-
-def str2bool(value: str | bool) -> bool:
-    if isinstance(value, bool):
-        return value
-    if value.lower() in ("yes", "true", "t", "y", "1"):
-        return True
-    if value.lower() in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
 
 
 def trainer_value(text: str) -> object:
