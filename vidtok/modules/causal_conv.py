@@ -66,7 +66,8 @@ def causal_window(
         x = torch.cat([buffer.frames, x], dim=2)
     windows = _windows(x.shape[2], extent, stride)
     kept = x[:, :, : x.shape[2] - buffer.rewind]
-    buffer.frames = kept[:, :, _windows(kept.shape[2], extent, stride) * stride :]
+    # a copy, so the buffer does not keep the whole chunk alive through a view
+    buffer.frames = kept[:, :, _windows(kept.shape[2], extent, stride) * stride :].clone()
     return x[:, :, : (windows - 1) * stride + extent] if windows else x[:, :, :0]
 
 
