@@ -117,6 +117,43 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"boolean value expected, got {value!r}")
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, *, long_video_help: str, sample_fps_help: str) -> None:
+    """The flags both inference scripts share (model, frame sampling, clip layout, tiling, device), with the
+    original's names and defaults."""
+    parser.add_argument("--seed", type=int, default=42, help="seed (the KL posterior is sampled)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="full", help="full (fp32) or autocast")
+    parser.add_argument("--config", default="configs/vidtok_kl_causal_488_4chn.yaml", help="model config (YAML)")
+    parser.add_argument("--ckpt", default="checkpoints/vidtok_kl_causal_488_4chn.ckpt", help="model checkpoint")
+    parser.add_argument("--input_height", type=int, default=256, help="frame height (shorter side is resized to it)")
+    parser.add_argument("--input_width", type=int, default=256, help="frame width (centre crop)")
+    parser.add_argument("--sample_fps", type=int, default=30, help=sample_fps_help)
+    parser.add_argument(
+        "--num_frames_per_batch", type=int, default=None,
+        help="frames per clip: 17 for causal models, 16 for non-causal ones (sets --chunk_size to 16)",
+    )
+    parser.add_argument(
+        "--chunk_size", type=int, default=None,
+        help="temporal chunk (default 16): clips are chunk_size+1 frames (causal) or chunk_size (non-causal)",
+    )
+    parser.add_argument("--read_long_video", action="store_true", help=long_video_help)
+    parser.add_argument(
+        "--tile_size", type=int, default=None,
+        help="run encoder and decoder on overlapping spatial tiles of this many pixels (a multiple of the model's "
+        "spatial factor f; the decoder's tiles are tile_size/f latents), for large frames; off by default",
+    )
+    parser.add_argument(
+        "--tile_overlap", type=int, default=None,
+        help="overlap of neighbouring tiles in pixels, a multiple of f (default: a quarter of --tile_size)",
+    )
+    parser.add_argument(
+        "--sample_posterior", type=str2bool, nargs="?", const=True, default=True,
+        help="KL models: sample the posterior as the original does (default) or decode its mean (false); "
+        "streaming (--read_long_video, causal models) always decodes the mean",
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (the KL posterior is sampled, so the seed fixes the reconstruction)."""
     random.seed(seed)
