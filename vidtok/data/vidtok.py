@@ -101,6 +101,19 @@ def _paths_from_meta(data_dir: str, metadata: pd.DataFrame, meta_path: str) -> l
     ]
 
 
+def skip_or_raise(
+    err: VideoReadError, skipped: dict[str, str], *, skip_missing_files: bool, is_strict_loading: bool, action: str
+) -> None:
+    """Raise for a failure the flags make fatal (a missing file unless `skip_missing_files`, any other failure with
+    `is_strict_loading`); otherwise record it in `skipped` and warn, saying what happens instead (`action`)."""
+    if err.reason == "missing" and not skip_missing_files:
+        raise VideoReadError(err.path, err.reason, f"{err.detail} (skip_missing_files=False)") from err
+    if err.reason != "missing" and is_strict_loading:
+        raise VideoReadError(err.path, err.reason, f"{err.detail} (is_strict_loading=True)") from err
+    skipped[err.path] = f"{err.reason}: {err.detail}"
+    logger.warning("%s (%s: %s): %s", err.path, err.reason, err.detail, action)
+
+
 class VidTokDataset(Dataset):
     """Random training clips: ``sample_num_frames`` frames at ``sample_fps`` from each video listed in a CSV.
 
@@ -193,13 +206,8 @@ class VidTokDataset(Dataset):
         raise RuntimeError(f"none of the {count} videos listed in {self.meta_path!r} can be read ({reasons} ...)")
 
     def _skip_or_raise(self, err: VideoReadError) -> None:
-        """Raise for a failure the flags make fatal; otherwise remember the file and warn once."""
-        if err.reason == "missing" and not self.skip_missing_files:
-            raise VideoReadError(err.path, err.reason, f"{err.detail} (skip_missing_files=False)") from err
-        if err.reason != "missing" and self.is_strict_loading:
-            raise VideoReadError(err.path, err.reason, f"{err.detail} (is_strict_loading=True)") from err
-        self.skipped[err.path] = f"{err.reason}: {err.detail}"
-        logger.warning("skipping video %s (%s: %s); serving the next video instead", err.path, err.reason, err.detail)
+        skip_or_raise(err, self.skipped, skip_missing_files=self.skip_missing_files,
+                      is_strict_loading=self.is_strict_loading, action="skipped, the next video is served instead")
 
 
 @dataclass(frozen=True)
@@ -353,13 +361,8 @@ class VidTokValDataset(Dataset):
         return windows
 
     def _skip_or_raise(self, err: VideoReadError) -> None:
-        """Raise for a failure the flags make fatal; otherwise record the file and warn."""
-        if err.reason == "missing" and not self.skip_missing_files:
-            raise VideoReadError(err.path, err.reason, f"{err.detail} (skip_missing_files=False)") from err
-        if err.reason != "missing" and self.is_strict_loading:
-            raise VideoReadError(err.path, err.reason, f"{err.detail} (is_strict_loading=True)") from err
-        self.skipped[err.path] = f"{err.reason}: {err.detail}"
-        logger.warning("leaving out video %s (%s: %s)", err.path, err.reason, err.detail)
+        skip_or_raise(err, self.skipped, skip_missing_files=self.skip_missing_files,
+                      is_strict_loading=self.is_strict_loading, action="left out of validation")
 
     def __len__(self) -> int:
         return len(self.windows)
