@@ -11,15 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import FrameAttention
 from .causal_conv import TimePadMode
-from .normalization import make_norm
+from .normalization import make_norm, norm_silu
 from .resample import SpatialUpsample, TemporalUpsample
 from .resblock import ResnetBlock1D, ResnetBlock2D, ResnetBlock3D, make_conv3d, spatial_temporal
-from .reshape import batch_to_time, time_to_batch
+from .reshape import batch_to_time, channels_last, time_to_batch
 from .variant import LAYOUTS, Variant, resampling_levels
 
 
@@ -142,6 +141,7 @@ class VideoDecoder(nn.Module):
     def forward_frames(self, z: torch.Tensor) -> torch.Tensor:
         """The network without the v1.0 output crop (streaming crops once, at the start of the video)."""
         B = z.shape[0]
+        z = channels_last(z)
         h = self.conv_in(z)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         for i in reversed(range(self.num_resolutions)):
@@ -154,5 +154,5 @@ class VideoDecoder(nn.Module):
                     h = up_temporal.upsample(h)
         if self.give_pre_end:
             return h
-        h = self.conv_out(F.silu(self.norm_out(h)))
+        h = self.conv_out(norm_silu(self.norm_out, h)).contiguous()
         return torch.tanh(h) if self.tanh_out else h

@@ -12,15 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import FrameAttention
 from .causal_conv import TimePadMode, pad_time_front
-from .normalization import make_norm
+from .normalization import make_norm, norm_silu
 from .resample import SpatialDownsample, TemporalDownsample
 from .resblock import ResnetBlock1D, ResnetBlock2D, ResnetBlock3D, make_conv3d, spatial_temporal
-from .reshape import batch_to_time, time_to_batch
+from .reshape import batch_to_time, channels_last, time_to_batch
 from .variant import LAYOUTS, Variant, resampling_levels
 
 
@@ -121,6 +120,7 @@ class VideoEncoder(nn.Module):
     def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
         """The network without the input padding (streaming pads once, at the start of the video)."""
         B = x.shape[0]
+        x = channels_last(x)
         h = self.conv_in(x)
         for i, (down, down_temporal) in enumerate(zip(self.down, self.down_temporal, strict=True)):
             for spatial, temporal in zip(down.block, down_temporal.block, strict=True):
@@ -130,4 +130,4 @@ class VideoEncoder(nn.Module):
                 if i in self.tempo_ds:
                     h = down_temporal.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(norm_silu(self.norm_out, h)).contiguous()

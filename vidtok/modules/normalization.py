@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 NormScope = Literal["frame", "clip", "pixel"]
@@ -45,6 +46,12 @@ class ScopedGroupNorm(nn.GroupNorm):
             return y.reshape(B, T, C, H, W).transpose(1, 2)
         y = super().forward(x.permute(0, 3, 4, 1, 2).reshape(B * H * W, C, T))  # [B*H*W, C, T]
         return y.reshape(B, H, W, C, T).permute(0, 3, 4, 1, 2)
+
+
+def norm_silu(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`silu(norm(x))`. Without autograd the SiLU runs in place on the norm's fresh output: on CPU, allocating
+    another activation-sized tensor (page faults on fresh memory) costs several times the SiLU itself."""
+    return F.silu(norm(x), inplace=not torch.is_grad_enabled())
 
 
 def make_norm(num_channels: int, norm_type: str, scope: NormScope = "frame") -> nn.Module:

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .causal_conv import TimeBuffer, TimePadMode, causal_window
+from .causal_conv import Conv3dChannelsFirst, TimeBuffer, TimePadMode, causal_window
 from .resblock import make_conv3d
+from .reshape import channels_last
 
 
 class SpatialDownsample(nn.Module):
@@ -41,7 +42,12 @@ class _AlphaBlend(nn.Module):
 
     def blend(self, fixed: torch.Tensor, learnt: torch.Tensor) -> torch.Tensor:
         alpha = torch.sigmoid(self.mix_factor)
-        return alpha * fixed + (1 - alpha) * learnt
+        dtype = torch.promote_types(torch.promote_types(fixed.dtype, learnt.dtype), alpha.dtype)
+        # learnt + α·(fixed - learnt) = α·fixed + (1-α)·learnt, in one pass over memory; in place (no new
+        # activation-sized tensor) when autograd, which needs the conv branch for α's gradient, is off
+        if not torch.is_grad_enabled() and learnt.dtype == dtype:
+            return channels_last(learnt.lerp_(fixed.to(dtype), alpha))
+        return channels_last(torch.lerp(learnt.to(dtype), fixed.to(dtype), alpha.to(dtype)))
 
 
 class TemporalDownsample(_AlphaBlend):
@@ -61,7 +67,7 @@ class TemporalDownsample(_AlphaBlend):
         if causal:
             self.conv = make_conv3d(channels, channels, 3, True, time_pad_mode, stride=(2, 1, 1))
         else:
-            self.conv = nn.Conv3d(channels, channels, 3, stride=(2, 1, 1), padding=(0, 1, 1))
+            self.conv = Conv3dChannelsFirst(channels, channels, 3, stride=(2, 1, 1), padding=(0, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.causal:
@@ -103,7 +109,7 @@ class TemporalUpsample(_AlphaBlend):
 
     def upsample_time(self, x: torch.Tensor) -> torch.Tensor:
         if self.interpolation_mode == "nearest":
-            return torch.repeat_interleave(x, 2, dim=2)
+            return repeat_frames(x)
         if self.stream is not None:
             return self.stream.push(x, self.num_temp_upsample)
         n = self.num_temp_upsample
@@ -114,6 +120,13 @@ class TemporalUpsample(_AlphaBlend):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.upsample_time(x)
         return self.blend(x, self.conv(x))
+
+
+def repeat_frames(x: torch.Tensor) -> torch.Tensor:
+    """Each frame of `[B, C, T, H, W]` twice, in a channels-last result (`repeat_interleave` returns channels-first)."""
+    B, C, T, H, W = x.shape
+    frames = x.movedim(1, -1).unsqueeze(2).expand(B, T, 2, H, W, C)
+    return frames.reshape(B, 2 * T, H, W, C).movedim(-1, 1)
 
 
 class LinearUpsampleStream:

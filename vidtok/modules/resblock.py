@@ -9,12 +9,11 @@ count changes). No timestep embedding: VidTok's `temb_ch` is always 0.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .causal_conv import CausalConv1d, CausalConv3d, TimePadMode, conv1d_over_time
-from .normalization import make_norm
+from .causal_conv import CausalConv1d, CausalConv3d, Conv3dChannelsFirst, TimePadMode, conv1d_over_time
+from .normalization import make_norm, norm_silu
 from .reshape import batch_to_time, time_to_batch
 
 
@@ -32,11 +31,12 @@ class _Residual(nn.Module):
         return conv(x)
 
     def _body(self, x: torch.Tensor) -> torch.Tensor:
-        h = self._conv(self.conv1, F.silu(self.norm1(x)))
-        h = self._conv(self.conv2, self.dropout(F.silu(self.norm2(h))))
+        h = self._conv(self.conv1, norm_silu(self.norm1, x))
+        h = self._conv(self.conv2, self.dropout(norm_silu(self.norm2, h)))
         if self.in_channels != self.out_channels:
             x = self._conv(self.nin_shortcut, x)
-        return x + h
+        # in place: h is the conv's fresh output, which its backward does not need
+        return h.add_(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
@@ -124,7 +124,7 @@ def make_conv3d(
     """A k×k×k conv with 'same' output size: causal (`CausalConv3d`, key infix `.conv.`) or centred (`nn.Conv3d`)."""
     if causal:
         return CausalConv3d(cin, cout, k, stride=stride, time_pad_mode=time_pad_mode)
-    return nn.Conv3d(cin, cout, k, stride=stride, padding=k // 2)
+    return (Conv3dChannelsFirst if k > 1 else nn.Conv3d)(cin, cout, k, stride=stride, padding=k // 2)
 
 
 def spatial_temporal(x: torch.Tensor, spatial: ResnetBlock2D, temporal: ResnetBlock1D) -> torch.Tensor:
