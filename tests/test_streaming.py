@@ -75,3 +75,22 @@ def test_pushing_frames_one_by_one_yields_latents_as_soon_as_complete():
 def test_non_causal_models_cannot_stream():
     with pytest.raises(ValueError, match="causal"):
         StreamingEncoder(build(False))
+
+
+def test_streaming_encoder_samples_the_kl_posterior_on_request():
+    model = build(True, "kl", "v1.0")
+    x = clip(9)
+    with torch.no_grad():
+        h = model.encoder(x)
+    mean, logvar = h.chunk(2, dim=1)
+    mean_z, _ = StreamingEncoder(model, num_frames=9).push(x)
+    assert_close_rel(mean_z, mean)
+    torch.manual_seed(1)
+    sampled, _ = StreamingEncoder(model, num_frames=9, sample=True).push(x)
+    torch.manual_seed(1)
+    again, _ = StreamingEncoder(model, num_frames=9, sample=True).push(x)
+    assert torch.equal(sampled, again)  # seeded
+    noise = (sampled - mean) / torch.exp(0.5 * logvar.clamp(-30, 20))
+    # what was added is standard normal noise scaled by the posterior's std
+    assert not torch.allclose(sampled, mean)
+    assert abs(noise.mean().item()) < 0.2 and 0.8 < noise.std().item() < 1.2

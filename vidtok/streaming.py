@@ -90,11 +90,14 @@ class StreamingEncoder:
     """Encodes a video pushed in chunks of frames; `push` returns the latent frames that are complete so far.
 
     With `num_frames` the front padding is the whole-clip pass's for that length; without it, it is that of
-    T ≡ 1 (mod tdf), the lengths v1.0 models accept (17, 33, …). KL latents are the posterior mean. `tiling`
+    T ≡ 1 (mod tdf), the lengths v1.0 models accept (17, 33, …). KL latents are the posterior mean, or samples of
+    the posterior with `sample=True` (drawn chunk by chunk, so not the draws of a whole-clip `encode`). `tiling`
     (pixels) encodes each frame in overlapping tiles and blends the encoder outputs before quantisation.
     """
 
-    def __init__(self, model, num_frames: int | None = None, tiling: Tiling | None = None):
+    def __init__(
+        self, model, num_frames: int | None = None, tiling: Tiling | None = None, sample: bool = False
+    ):
         _require_causal(model)
         self.model = model
         encoder = model.encoder
@@ -103,6 +106,7 @@ class StreamingEncoder:
         self._pad = encoder.layout.front_pad(num_frames if num_frames is not None else 1, tdf)
         self._started = False
         self._stream = _TiledStream(encoder, tiling, 1 / f, f)
+        self._regularizer_kwargs = {} if model.is_fsq else {"sample": sample}
 
     @torch.no_grad()
     def push(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -111,7 +115,7 @@ class StreamingEncoder:
             frames = pad_time_front(frames, self._pad, self.model.encoder.init_pad_mode)
             self._started = True
         h = self._stream.run(frames)
-        return self.model.regularization(h, **({} if self.model.is_fsq else {"sample": False}))
+        return self.model.regularization(h, **self._regularizer_kwargs)
 
 
 class StreamingDecoder:
