@@ -12,11 +12,11 @@ Weights are the conformance recipe's (`$VIDTOK_SHARED/conformance/recipe.py`, el
 `make_input`. KL latents are posterior means. Encode is `[B, 3, T, H, W]` -> latent (regularizer included; diffusers
 through `forward(encoder_mode=True)`, i.e. with its padding), decode is latent -> T frames. Reported per
 implementation: median encode and decode time over `--repeats`, frames/s (T over encode+decode), peak memory of
-each stage above the resident set before it (Linux peak-RSS reset, with glibc told to unmap freed blocks; in an
-extra pass after the timed ones), FLOPs of one encode+decode (`torch.utils.flop_counter`), achieved GFLOP/s and its
-fraction of the best 3x3x3 Conv3d throughput measured in the same run, the time ratio to diffusers and the largest
-output difference from it. Our networks keep activations channels-last by themselves; `--channels_last` also
-converts the weights and the input (and diffusers', which otherwise runs channels-first).
+each stage above the resident set before it (Linux peak-RSS reset, with glibc told to unmap freed blocks; one
+pass per implementation in a fresh process), FLOPs of one encode+decode (`torch.utils.flop_counter`), achieved
+GFLOP/s and its fraction of the best 3x3x3 Conv3d throughput measured in the same run, the time ratio to
+diffusers and the largest output difference from it. Our networks keep activations channels-last by themselves;
+`--channels_last` also converts the weights and the input (and diffusers', which otherwise runs channels-first).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import math
 import os
 import re
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -233,6 +234,40 @@ def conv3d_peak(args: argparse.Namespace, repeats: int = 3) -> tuple[float, floa
     return best[3], best[2]
 
 
+MEMORY_TAG = "BENCH_MEMORY "
+
+
+def measure_memory_in_child(args: argparse.Namespace, name: str) -> tuple[list[float], list[float]]:
+    """Peak encode and decode memory (MiB) of implementation `name`, measured in a fresh process.
+
+    A process of its own, because the measurement needs glibc to unmap freed blocks from the start (otherwise
+    memory freed by earlier runs is reused unseen), and that setting would slow the timed runs in this one."""
+    if not (sys.platform.startswith("linux") and peak_rss_resettable()):
+        return [], []
+    argv = [sys.executable, __file__, *args.argv, "--memory_child", name]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith(MEMORY_TAG)), None)
+    if done.returncode or line is None:
+        print(f"note: memory of {name} not measured: {done.stderr.strip()[-300:]}")
+        return [], []
+    encode_mib, decode_mib = json.loads(line[len(MEMORY_TAG) :])
+    return [encode_mib], [decode_mib]
+
+
+def memory_child(args: argparse.Namespace) -> None:
+    """The `--memory_child` process: one encode and one decode of one implementation, each under `PeakMemory`."""
+    return_freed_memory()
+    recipe = load_recipe()
+    x = make_input(recipe, args.frames, args.size)
+    impl = next(i for i in build_impls(args, recipe) if i.name == args.memory_child)
+    with torch.no_grad(), autocast(args):
+        with PeakMemory() as encode_mem:
+            z = impl.encode(x)
+        with PeakMemory() as decode_mem:
+            impl.decode(z)
+    print(MEMORY_TAG + json.dumps([encode_mem.mib, decode_mem.mib]))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     if args.threads:
@@ -262,17 +297,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 impl.encode_s.append(seconds)
                 impl.decode_s.append(timed(lambda: impl.decode(z))[1])  # noqa: B023
         peak3d, peak2d = conv3d_peak(args)
-        # Memory is measured in a pass of its own, after the timings: returning freed blocks to the OS at once
-        # (needed to see each stage's peak) makes every large allocation fault its pages in again, which would
-        # slow the timed runs.
-        if return_freed_memory() and peak_rss_resettable():
-            for impl in impls:
-                with PeakMemory() as mem:
-                    z = impl.encode(x)
-                impl.encode_mib.append(mem.mib)
-                with PeakMemory() as mem:
-                    impl.decode(z)
-                impl.decode_mib.append(mem.mib)
+    for impl in impls:
+        impl.encode_mib, impl.decode_mib = measure_memory_in_child(args, impl.name)
 
     reference = next((i for i in impls if i.name == "diffusers"), None)
     rows = []
@@ -369,11 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--no_diffusers", action="store_true", help="bench ours only")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--memory_child", default=None, help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.memory_child:
+        memory_child(args)
+        return 0
     if not HAVE_DIFFUSERS and not args.no_diffusers:
         print("note: diffusers is not installed (pip install 'vidtok[diffusers]'); benchmarking ours only")
     capability = torch.backends.cpu.get_cpu_capability()
