@@ -139,8 +139,9 @@ class CausalConv3d(nn.Module):
 class Conv3dChannelsFirst(nn.Conv3d):
     """`nn.Conv3d` that convolves a channels-first copy of its input and returns channels-last.
 
-    For spatial kernels (3×3×3), oneDNN on AVX2 CPUs is ~30 % faster on channels-first tensors than on the
-    channels-last ones the rest of the network uses (`benchmarks/bench_conv_layouts.py`).
+    For spatial kernels (3×3×3) with the model's 256 and 512 channels, oneDNN on a 2-core AVX2 CPU ran 10–30 %
+    faster on channels-first tensors than on the channels-last ones the rest of the network uses (e.g. 256
+    channels, 20×128²: 7.8 s against 8.7 s).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
