@@ -1,7 +1,8 @@
 """Encode/decode speed of our tokenizer against diffusers' `AutoencoderVidTok`, on the same weights and input.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_speed.py [--config configs/vidtok_kl_causal_488_4chn.yaml]
-        [--frames 17] [--size 128] [--repeats 3] [--dtype fp32|bf16] [--compile] [--channels_last] [--json OUT]
+        [--frames 17] [--size 128] [--repeats 3] [--dtype fp32|bf16]
+        [--encode_dtype fp32|bf16] [--decode_dtype fp32|bf16] [--compile] [--channels_last] [--json OUT]
 
 Implementations, timed alternately within one run so that load on a shared machine hits them alike:
 - `ours`: the config's model (v1.0 engine for v1.0 configs);
@@ -196,14 +197,36 @@ def build_impls(args: argparse.Namespace, recipe: Any | None) -> list[Impl]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DiffusersSemanticsWarning)
             impls.append(diffusers_impl(to_diffusers(model), args.frames))
-    return impls
+    return [in_stage_dtypes(impl, args) for impl in impls]
 
 
 # --- measuring --------------------------------------------------------------------------------------------------
 
 
-def autocast(args: argparse.Namespace):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if args.dtype == "bf16" else nullcontext()
+def autocast(dtype: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+
+
+def stage_dtypes(args: argparse.Namespace) -> tuple[str, str]:
+    """The encoder's and the decoder's dtype: `--dtype` unless `--encode_dtype`/`--decode_dtype` say otherwise."""
+    return args.encode_dtype or args.dtype, args.decode_dtype or args.dtype
+
+
+def in_stage_dtypes(impl: Impl, args: argparse.Namespace) -> Impl:
+    """`impl` with encode and decode each under its stage's autocast; latents reach the decoder as fp32."""
+    encode_dtype, decode_dtype = stage_dtypes(args)
+    encode, decode = impl.encode, impl.decode
+
+    def encode_in_dtype(x: torch.Tensor) -> torch.Tensor:
+        with autocast(encode_dtype):
+            return encode(x)
+
+    def decode_in_dtype(z: torch.Tensor) -> torch.Tensor:
+        with autocast(decode_dtype):
+            return decode(z.float())
+
+    impl.encode, impl.decode = encode_in_dtype, decode_in_dtype
+    return impl
 
 
 def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
@@ -226,9 +249,9 @@ def conv3d_peak(args: argparse.Namespace, repeats: int = 3) -> tuple[float, floa
             x = torch.randn(shape, generator=g)
             for layout in (torch.contiguous_format, torch.channels_last_3d if dims == 3 else torch.channels_last):
                 x = x.contiguous(memory_format=layout)
-                with torch.no_grad(), autocast(args), FlopCounterMode(display=False) as counter:
+                with torch.no_grad(), autocast(args.dtype), FlopCounterMode(display=False) as counter:
                     conv(x)
-                with torch.no_grad(), autocast(args):
+                with torch.no_grad(), autocast(args.dtype):
                     times = [timed(lambda: conv(x))[1] for _ in range(repeats)]  # noqa: B023
                 best[dims] = max(best[dims], counter.get_total_flops() / min(times) / 1e9)
     return best[3], best[2]
@@ -260,7 +283,7 @@ def memory_child(args: argparse.Namespace) -> None:
     recipe = load_recipe()
     x = make_input(recipe, args.frames, args.size)
     impl = next(i for i in build_impls(args, recipe) if i.name == args.memory_child)
-    with torch.no_grad(), autocast(args):
+    with torch.no_grad():
         with PeakMemory() as encode_mem:
             z = impl.encode(x)
         with PeakMemory() as decode_mem:
@@ -280,7 +303,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for impl in impls:
             to_channels_last(impl.module)
 
-    with torch.no_grad(), autocast(args):
+    with torch.no_grad():
         for impl in impls:  # one eager pass each: FLOPs, outputs for the comparison, and a warm-up
             with FlopCounterMode(display=False) as counter:
                 impl.z = impl.encode(x)
@@ -327,6 +350,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": str(args.config),
         "input": [1, 3, args.frames, args.size, args.size],
         "dtype": args.dtype,
+        "encode_dtype": stage_dtypes(args)[0],
+        "decode_dtype": stage_dtypes(args)[1],
         "compile": args.compile,
         "channels_last": args.channels_last,
         "threads": torch.get_num_threads(),
@@ -347,9 +372,14 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 # --- report -----------------------------------------------------------------------------------------------------
 
 
+def dtypes_text(result: dict[str, Any]) -> str:
+    encode, decode = result["encode_dtype"], result["decode_dtype"]
+    return encode if encode == decode else f"encode {encode}, decode {decode}"
+
+
 def format_report(result: dict[str, Any]) -> str:
     header = (
-        f"{Path(result['config']).stem}, input {'x'.join(map(str, result['input']))}, {result['dtype']}"
+        f"{Path(result['config']).stem}, input {'x'.join(map(str, result['input']))}, {dtypes_text(result)}"
         f"{', compiled' if result['compile'] else ''}{', channels_last' if result['channels_last'] else ''}, "
         f"{result['threads']} threads, torch {result['torch']}\n"
         f"Conv3d 3x3x3 peak {result['conv3d_peak_gflop_per_s']:.1f} GFLOP/s "
@@ -390,6 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=128, help="height = width")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (median reported)")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: CPU autocast")
+    for stage in ("encode", "decode"):
+        parser.add_argument(
+            f"--{stage}_dtype", choices=("fp32", "bf16"), default=None, help=f"the {stage}r's dtype (default --dtype)"
+        )
     parser.add_argument("--compile", action="store_true", help="torch.compile encoder and decoder")
     parser.add_argument("--channels_last", action="store_true", help="channels-last weights and input")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -408,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     if not HAVE_DIFFUSERS and not args.no_diffusers:
         print("note: diffusers is not installed (pip install 'vidtok[diffusers]'); benchmarking ours only")
     capability = torch.backends.cpu.get_cpu_capability()
-    if args.dtype == "bf16" and not capability.startswith("AVX512"):
+    if "bf16" in stage_dtypes(args) and not capability.startswith("AVX512"):
         print(
             f"note: this CPU ({capability}) has no native bf16: bf16 convolutions take a fallback path that can be "
             "hundreds of times slower than fp32 (a 3x3x3 Conv3d: ~300x on an AVX2 machine)"

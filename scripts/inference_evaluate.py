@@ -16,7 +16,7 @@ import sys
 
 from vidtok.api import load_model_from_config
 from vidtok.evaluate import evaluate, format_metrics, load_metric_networks
-from vidtok.inference import add_model_arguments, default_device, str2bool
+from vidtok.inference import add_model_arguments, default_device, precision_from_args, str2bool
 from vidtok.metrics import METRIC_NAMES, parse_metrics
 
 __all__ = ["load_model_from_config", "build_parser", "main"]
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             sample_posterior=args.sample_posterior,
             tile_size=args.tile_size,
             tile_overlap=args.tile_overlap,
-            precision=args.precision,
+            precision=precision_from_args(args),
             seed=args.seed,
             device=device,
             progress=not args.no_progress,

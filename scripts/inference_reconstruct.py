@@ -14,7 +14,7 @@ import sys
 
 from vidtok.api import load_model_from_config
 from vidtok.data.video_read import VideoReadError
-from vidtok.inference import add_model_arguments, default_device, seed_everything, str2bool
+from vidtok.inference import add_model_arguments, default_device, precision_from_args, seed_everything, str2bool
 from vidtok.reconstruct import reconstruct_to_file
 
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             sample_posterior=args.sample_posterior,
             tile_size=args.tile_size,
             tile_overlap=args.tile_overlap,
-            precision=args.precision,
+            precision=precision_from_args(args),
             device=device,
             progress=not args.no_progress,
         )

@@ -14,7 +14,7 @@ import logging
 import sys
 
 from vidtok.data.video_read import VideoReadError
-from vidtok.inference import PRECISIONS, VideoWriter, default_device, to_uint8
+from vidtok.inference import VideoWriter, add_precision_arguments, default_device, to_uint8
 from vidtok.tokens import LATENT_DTYPES, encode_video, iter_decoded_frames, load_model_for, load_tokens, save_tokens
 
 LONG_VIDEO_HELP = (
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--tile_overlap", type=int, default=None, help="overlap of the tiles in pixels (default: a quarter tile)"
         )
         sub.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-        sub.add_argument("--precision", choices=PRECISIONS, default="full", help="full (fp32) or autocast")
+        add_precision_arguments(sub, stages=False)  # each command runs one stage
     return parser
 
 

@@ -46,7 +46,6 @@ from vidtok.inference import (
     check_frame_size,
     clip_length,
     iter_frame_chunks,
-    precision_context,
     reconstruct_clip,
     resolve_chunk_size,
     resolve_tiles,
@@ -62,6 +61,7 @@ from vidtok.metrics import (
     MetricAccumulator,
     score_frame_groups,
 )
+from vidtok.precision import Precision
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def evaluate(
     sample_posterior: bool = True,
     tile_size: int | None = None,
     tile_overlap: int | None = None,
-    precision: str = "full",
+    precision: str | Precision = "full",
     seed: int | None = 42,
     device: torch.device | str = "cpu",
     progress: bool = True,
@@ -237,6 +237,7 @@ def evaluate(
         FileNotFoundError: `data_dir` or `meta_path` does not exist.
     """
     device = torch.device(device)
+    precision = Precision.of(precision)
     metrics = tuple(metrics)
     if "lpips" in metrics and lpips_model is None:
         raise ValueError("the lpips metric needs lpips_model (vidtok.metrics.load_lpips)")
@@ -308,8 +309,8 @@ def evaluate(
                 logger.warning("leaving out %s: %s", path, video.reason)
                 continue
             x = item["jpg"].unsqueeze(0).to(device)  # [1, 3, T, H, W]
-            with precision_context(precision, device):  # only the model: metrics are computed in float32
-                x_hat = reconstruct_clip(model, x, sample_posterior, tiles)
+            # only the model runs in `precision`: metrics are computed in float32
+            x_hat = reconstruct_clip(model, x, sample_posterior, tiles, precision)
             num_valid = item["num_valid_frames"]
             scored = x.shape[2] if count_padded_frames else num_valid
             frame_scores[path].update_groups(
@@ -357,7 +358,7 @@ def evaluate(
         "tile_overlap": None if tiles is None else tiles.overlap,
         "count_padded_frames": count_padded_frames,
         "sample_posterior": sample_posterior,
-        "precision": precision,
+        "precision": str(precision),
         "seed": seed,
         "device": str(device),
         "frame_group_size": 16,

@@ -1,5 +1,5 @@
 """What the inference entry points share: clip lengths, reading a video clip by clip or chunk by chunk, spatial
-tiles, streaming reconstruction, precision, video output.
+tiles, streaming reconstruction, video output.
 
 A video is read the way VidTok's scripts read it: every `round(fps / sample_fps)`-th frame from frame 0, resized
 (shorter side to `input_height`, antialiased) and centre-cropped to `input_height × input_width`, in [-1, 1]; see
@@ -17,7 +17,6 @@ decoder on overlapping tiles of each frame, see :mod:`vidtok.tiling`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import random
 from collections.abc import Iterable, Iterator, Sequence
@@ -31,13 +30,11 @@ import torch
 
 from vidtok.data.transforms import VidTokVideoTransform, pad_by_repeating_last
 from vidtok.data.video_read import VideoReadError, frame_interval, open_video, read_frames
+from vidtok.precision import PRECISIONS, Precision
 from vidtok.streaming import StreamingDecoder, StreamingEncoder
 from vidtok.tiling import Tiling, decode_tiled, encode_tiled
 
 logger = logging.getLogger(__name__)
-
-PRECISIONS = ("full", "autocast")
-
 
 def resolve_chunk_size(model, chunk_size: int | None = None, num_frames_per_batch: int | None = None) -> int:
     """The temporal chunk (16 by default) from `--chunk_size` and/or the README's `--num_frames_per_batch`.
@@ -96,16 +93,6 @@ def check_frame_size(model, height: int, width: int) -> None:
         )
 
 
-def precision_context(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
-    """`full`: fp32. `autocast`: `torch.autocast` on the device (float16 on CUDA as in the original, bfloat16 on
-    CPU)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "full":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type)
-
-
 def str2bool(value: str | bool) -> bool:
     """Command-line booleans as the original parses them: `yes/true/t/y/1` or `no/false/f/n/0`, any case."""
     if isinstance(value, bool):
@@ -117,11 +104,32 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"boolean value expected, got {value!r}")
 
 
+def add_precision_arguments(parser: argparse.ArgumentParser, stages: bool = True) -> None:
+    """`--precision` (the original's flag) and, with `stages`, `--encode_precision`/`--decode_precision` that
+    override it for one stage; read them back with :func:`precision_from_args`."""
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="full",
+        help="full (fp32), autocast (fp16 on CUDA, bf16 on CPU), bf16 or fp16",
+    )
+    if stages:
+        for stage in ("encode", "decode"):
+            parser.add_argument(
+                f"--{stage}_precision", choices=PRECISIONS, default=None,
+                help=f"precision of the {stage}r only (default: --precision), e.g. --encode_precision full "
+                "--decode_precision bf16",
+            )
+
+
+def precision_from_args(args: argparse.Namespace) -> Precision:
+    stage = {name: getattr(args, f"{name}_precision", None) for name in ("encode", "decode")}
+    return Precision.of(args.precision, **stage)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, *, long_video_help: str, sample_fps_help: str) -> None:
     """The flags both inference scripts share (model, frame sampling, clip layout, tiling, device), with the
     original's names and defaults."""
     parser.add_argument("--seed", type=int, default=42, help="seed (the KL posterior is sampled)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="full", help="full (fp32) or autocast")
+    add_precision_arguments(parser)
     parser.add_argument("--config", default="configs/vidtok_kl_causal_488_4chn.yaml", help="model config (YAML)")
     parser.add_argument("--ckpt", default="checkpoints/vidtok_kl_causal_488_4chn.ckpt", help="model checkpoint")
     parser.add_argument("--input_height", type=int, default=256, help="frame height (shorter side is resized to it)")
@@ -218,19 +226,29 @@ def resolve_tiles(model, tile_size: int | None, tile_overlap: int | None = None)
 
 @torch.no_grad()
 def reconstruct_clip(
-    model, x: torch.Tensor, sample_posterior: bool = True, tiles: SpatialTiles | None = None
+    model,
+    x: torch.Tensor,
+    sample_posterior: bool = True,
+    tiles: SpatialTiles | None = None,
+    precision: str | Precision = "full",
 ) -> torch.Tensor:
-    """Encode and decode a clip `[B, 3, T, H, W]` in [-1, 1]; returns the last T decoded frames, unclamped.
+    """Encode and decode a clip `[B, 3, T, H, W]` in [-1, 1]; returns the last T decoded frames, unclamped, in the
+    decoder's output dtype.
 
     KL models sample the posterior (as the original's `model(x)` does) unless `sample_posterior=False`, which
     decodes the posterior mean; FSQ models are deterministic either way. With `tiles`, encoder and decoder run on
-    overlapping spatial tiles (:func:`vidtok.tiling.encode_tiled` / :func:`~vidtok.tiling.decode_tiled`).
+    overlapping spatial tiles (:func:`vidtok.tiling.encode_tiled` / :func:`~vidtok.tiling.decode_tiled`). Each
+    stage runs in its `precision` (:class:`vidtok.precision.Precision`, or one name for both).
     """
-    if tiles is None:
-        z, _ = model.encode(x, sample=sample_posterior)
-        return model.decode(z)[:, :, -x.shape[2] :]
-    z, _ = encode_tiled(model, x, tiles.pixels, sample=sample_posterior)
-    return decode_tiled(model, z, tiles.latents)[:, :, -x.shape[2] :]
+    precision = Precision.of(precision)
+    with precision.encoding(x.device):
+        if tiles is None:
+            z, _ = model.encode(x, sample=sample_posterior)
+        else:
+            z, _ = encode_tiled(model, x, tiles.pixels, sample=sample_posterior)
+    with precision.decoding(x.device):
+        out = model.decode(z.float()) if tiles is None else decode_tiled(model, z.float(), tiles.latents)
+    return out[:, :, -x.shape[2] :]
 
 
 def padded_stream_length(model, num_frames: int) -> int:
@@ -254,16 +272,20 @@ class StreamingReconstructor:
     depends on the chunk size, not on the video's length. The video is padded to
     :func:`padded_stream_length` by repeating its last frame, so the result is the whole-clip pass
     `model(padded)[:, :, :num_frames]` up to float rounding, with one difference: KL latents are the posterior
-    mean (streaming does not sample). `tiles` runs each frame in overlapping spatial tiles.
+    mean (streaming does not sample). `tiles` runs each frame in overlapping spatial tiles; the encoder and the
+    decoder run in their stage's `precision`.
     """
 
-    def __init__(self, model, num_frames: int, tiles: SpatialTiles | None = None):
+    def __init__(
+        self, model, num_frames: int, tiles: SpatialTiles | None = None, precision: str | Precision = "full"
+    ):
         if not model.is_causal:
             raise ValueError(
                 "streaming needs a causal model: a non-causal model's every frame depends on the whole clip"
             )
         self.num_frames = num_frames
         self.length = padded_stream_length(model, num_frames)
+        self.precision = Precision.of(precision)
         self._encoder = StreamingEncoder(model, num_frames=self.length, tiling=None if tiles is None else tiles.pixels)
         self._decoder = StreamingDecoder(model, tiling=None if tiles is None else tiles.latents)
         # v1.1 decoders return tdf frames per latent: the first ones reconstruct the encoder's front padding
@@ -291,16 +313,19 @@ class StreamingReconstructor:
         parts = []
         if self.length > self.num_frames:
             parts.append(self._run(self._last.repeat(1, 1, self.length - self.num_frames, 1, 1)))
-        parts.append(self._keep(self._decoder.finish()))
+        with self.precision.decoding(self._last.device):
+            parts.append(self._keep(self._decoder.finish()))
         out = torch.cat(parts, dim=2)
         assert self._emitted == self.num_frames, (self._emitted, self.num_frames)
         return out
 
     def _run(self, frames: torch.Tensor) -> torch.Tensor:
-        z, _ = self._encoder.push(frames)
+        with self.precision.encoding(frames.device):
+            z, _ = self._encoder.push(frames)
         if z.shape[2] == 0:
             return frames[:, :, :0]
-        return self._keep(self._decoder.push(z))
+        with self.precision.decoding(frames.device):
+            return self._keep(self._decoder.push(z.float()))
 
     def _keep(self, out: torch.Tensor) -> torch.Tensor:
         """Drop the frames of the front padding and those past the video's end."""
@@ -316,15 +341,15 @@ def stream_reconstruct(
     chunks: Iterable[torch.Tensor],
     num_frames: int,
     tiles: SpatialTiles | None = None,
-    precision: str = "full",
+    precision: str | Precision = "full",
     device: torch.device | str = "cpu",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Stream the chunks `[3, t, H, W]` (CPU, [-1, 1]; `num_frames` in all) of a video through `model`.
 
     Yields `(inputs, outputs)`, both `[3, t', H, W]` float32 on the CPU, outputs clamped to [-1, 1]: the frames
-    reconstructed so far, each beside its input. The model runs under `precision` on `device`, nothing else does.
+    reconstructed so far, each beside its input. The model runs in `precision` on `device`, nothing else does.
     """
-    stream = StreamingReconstructor(model, num_frames, tiles)
+    stream = StreamingReconstructor(model, num_frames, tiles, precision)
     pending: list[torch.Tensor] = []  # input frames whose reconstruction has not come out yet
 
     def pair(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -334,12 +359,10 @@ def stream_reconstruct(
 
     for chunk in chunks:
         pending.append(chunk)
-        with precision_context(precision, device):
-            out = stream.push(chunk.unsqueeze(0).to(device))
+        out = stream.push(chunk.unsqueeze(0).to(device))
         if out.shape[2]:
             yield pair(out)
-    with precision_context(precision, device):
-        out = stream.finish()
+    out = stream.finish()
     if out.shape[2]:
         yield pair(out)
 

@@ -55,13 +55,13 @@ from vidtok.inference import (
     long_clip_length,
     padded_stream_length,
     plan_clips,
-    precision_context,
     reconstruct_clip,
     resolve_chunk_size,
     resolve_tiles,
     stream_reconstruct,
     to_uint8,
 )
+from vidtok.precision import Precision
 from vidtok.tiling import decode_tiled, run_tiled
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,12 @@ def side_by_side(inputs: np.ndarray, outputs: np.ndarray, concat_input: bool = T
 
 @torch.no_grad()
 def forward_after_context(
-    model, context: torch.Tensor, x: torch.Tensor, sample_posterior: bool = True, tiles: SpatialTiles | None = None
+    model,
+    context: torch.Tensor,
+    x: torch.Tensor,
+    sample_posterior: bool = True,
+    tiles: SpatialTiles | None = None,
+    precision: str | Precision = "full",
 ) -> torch.Tensor:
     """Reconstruct `x` `[B, 3, T, H, W]` with `context` frames in front; returns the last T output frames.
 
@@ -108,17 +113,20 @@ def forward_after_context(
     (`tdf - 1 + T` frames, e.g. 20) is not a length the engine's `encode` accepts for v1.0 models (it wants
     `1 + k·tdf`), so the encoder, regularizer and decoder are called directly, which is what the original's
     engine did with such a clip: no front padding (the length is a multiple of tdf) and, for v1.0, a decoder
-    output of `T` frames. `tiles` runs both on overlapping spatial tiles.
+    output of `T` frames. `tiles` runs both on overlapping spatial tiles; each stage runs in its `precision`.
     """
+    precision = Precision.of(precision)
     clip = torch.cat([context, x], dim=2)
-    if tiles is None:
-        h = model.encoder(clip)
-    else:
-        f = model.spatial_downsample_factor
-        h = run_tiled(lambda tile, _: model.encoder(tile), clip, tiles.pixels, 1 / f, f)
-    kwargs = {} if model.is_fsq else {"sample": sample_posterior}
-    z, _ = model.regularization(h, compute_aux=False, **kwargs)
-    out = model.decoder(z) if tiles is None else decode_tiled(model, z, tiles.latents)
+    with precision.encoding(x.device):
+        if tiles is None:
+            h = model.encoder(clip)
+        else:
+            f = model.spatial_downsample_factor
+            h = run_tiled(lambda tile, _: model.encoder(tile), clip, tiles.pixels, 1 / f, f)
+        kwargs = {} if model.is_fsq else {"sample": sample_posterior}
+        z, _ = model.regularization(h, compute_aux=False, **kwargs)
+    with precision.decoding(x.device):
+        out = model.decoder(z.float()) if tiles is None else decode_tiled(model, z.float(), tiles.latents)
     return out[:, :, -x.shape[2] :]
 
 
@@ -149,7 +157,7 @@ class VideoReconstructor:
         sample_posterior: bool = True,
         tile_size: int | None = None,
         tile_overlap: int | None = None,
-        precision: str = "full",
+        precision: str | Precision = "full",
         device: torch.device | str = "cpu",
         progress: bool = True,
     ):
@@ -161,7 +169,7 @@ class VideoReconstructor:
         self.height, self.width = input_height, input_width
         self.fps = sample_fps
         self.sample_posterior = sample_posterior
-        self.precision = precision
+        self.precision = Precision.of(precision)
         self.progress = progress
         self.streaming = read_long_video and model.is_causal
         if pad_gen_frames and (not model.is_causal or read_long_video):
@@ -211,15 +219,14 @@ class VideoReconstructor:
         total = len(self.plan.clips)
         for clip, num_valid in tqdm(clips, total=total, desc="reconstructing", disable=not self.progress):
             x = clip.unsqueeze(0).to(self.device)  # [1, 3, T, H, W]
-            with precision_context(self.precision, self.device):
-                if context is not None:
-                    x_hat = forward_after_context(model, context, x, self.sample_posterior, self.tiles)
-                else:
-                    x_hat = reconstruct_clip(model, x, self.sample_posterior, self.tiles)
-                x_hat = x_hat.float().clamp(-1, 1)
-                if self.pad_gen_frames and context_frames > 0:
-                    # the padded tail is never followed by another clip, so its padding never becomes context
-                    context = x_hat[:, :, -context_frames:].to(x.dtype)
+            if context is not None:
+                x_hat = forward_after_context(model, context, x, self.sample_posterior, self.tiles, self.precision)
+            else:
+                x_hat = reconstruct_clip(model, x, self.sample_posterior, self.tiles, self.precision)
+            x_hat = x_hat.float().clamp(-1, 1)
+            if self.pad_gen_frames and context_frames > 0:
+                # the padded tail is never followed by another clip, so its padding never becomes context
+                context = x_hat[:, :, -context_frames:].to(x.dtype)
             yield clip[:, :num_valid], x_hat[0, :, :num_valid].cpu()
 
 
@@ -228,7 +235,8 @@ def reconstruct_video(model, video_path: str | Path, **kwargs) -> Reconstruction
 
     Keyword arguments (see :class:`VideoReconstructor`): `input_height`, `input_width` (256), `sample_fps` (30),
     `chunk_size` / `num_frames_per_batch`, `read_long_video`, `pad_gen_frames`, `sample_posterior` (True),
-    `tile_size`, `tile_overlap`, `precision` ("full"), `device` ("cpu"), `progress` (True).
+    `tile_size`, `tile_overlap`, `precision` ("full", or a :class:`vidtok.precision.Precision` per stage), `device`
+    ("cpu"), `progress` (True).
 
     Raises:
         VideoReadError: the video is missing, unreadable, empty or its frame rate is too low for `sample_fps`.

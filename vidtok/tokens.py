@@ -53,10 +53,10 @@ from vidtok.inference import (
     iter_frame_chunks,
     padded_stream_length,
     plan_clips,
-    precision_context,
     resolve_chunk_size,
     resolve_tiles,
 )
+from vidtok.precision import Precision
 from vidtok.streaming import StreamingDecoder, StreamingEncoder
 from vidtok.tiling import decode_tiled, encode_tiled
 
@@ -122,7 +122,7 @@ def encode_video(
     tile_size: int | None = None,
     tile_overlap: int | None = None,
     latent_dtype: str = "float32",
-    precision: str = "full",
+    precision: str | Precision = "full",
     device: torch.device | str = "cpu",
     config: str | Path | None = None,
     ckpt: str | Path | None = None,
@@ -153,7 +153,7 @@ def encode_video(
         plan = plan_clips(video_path, sample_fps, length=clip_length(model, chunk))
     description = model_description(model)
 
-    with precision_context(precision, device):
+    with Precision.of(precision).encoding(device):
         if streamed:
             parts = [_encode_streamed(model, plan, input_height, input_width, chunk, tiles, device, progress)]
         else:
@@ -321,7 +321,7 @@ def iter_decoded_frames(
     *,
     tile_size: int | None = None,
     tile_overlap: int | None = None,
-    precision: str = "full",
+    precision: str | Precision = "full",
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> Iterator[torch.Tensor]:
@@ -346,7 +346,7 @@ def iter_decoded_frames(
         return
     for part, (_, num_valid) in tqdm(zip(encoded.tokens, layout, strict=True), total=len(layout),
                                      disable=not progress):
-        with precision_context(precision, device):
+        with Precision.of(precision).decoding(device):
             z = _latents(model, encoded, part).to(device)
             video = model.decoder(z) if tiles is None else decode_tiled(model, z, tiles.latents)
         yield video[:, :, -clip_frames:][0, :, :num_valid].float().clamp(-1, 1).cpu()
@@ -361,7 +361,7 @@ def _latents(model, encoded: EncodedVideo, part: np.ndarray) -> torch.Tensor:
 
 
 def _decode_streamed(
-    model, encoded: EncodedVideo, tiles: SpatialTiles | None, precision: str, device, progress: bool
+    model, encoded: EncodedVideo, tiles: SpatialTiles | None, precision: str | Precision, device, progress: bool
 ) -> Iterator[torch.Tensor]:
     """Stream a one-clip file's latents through the decoder; drop the frames of the encoder's front padding (v1.1)
     and of the tail padding."""
@@ -384,12 +384,12 @@ def _decode_streamed(
     with tqdm(total=num_valid, unit="frame", disable=not progress) as bar:
         for start in range(0, num_latents, step):
             piece = part[start : start + step] if encoded.kind == "fsq" else part[:, start : start + step]
-            with precision_context(precision, device):
+            with Precision.of(precision).decoding(device):
                 video = keep(decoder.push(_latents(model, encoded, piece).to(device)))
             if video is not None:
                 bar.update(video.shape[1])
                 yield video
-        with precision_context(precision, device):
+        with Precision.of(precision).decoding(device):
             video = keep(decoder.finish())
         if video is not None:
             bar.update(video.shape[1])
@@ -405,7 +405,7 @@ def decode_tokens(
     *,
     tile_size: int | None = None,
     tile_overlap: int | None = None,
-    precision: str = "full",
+    precision: str | Precision = "full",
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> torch.Tensor:
