@@ -18,6 +18,11 @@ pass per implementation in a fresh process), FLOPs of one encode+decode (`torch.
 GFLOP/s and its fraction of the best 3x3x3 Conv3d throughput measured in the same run, the time ratio to
 diffusers and the largest output difference from it. Our networks keep activations channels-last by themselves;
 `--channels_last` also converts the weights and the input (and diffusers', which otherwise runs channels-first).
+
+CPU timings depend on glibc's allocator: by default every block above 32 MiB is a fresh `mmap` whose pages fault
+in on first touch, which costs implementations that allocate more activations more. To time the arithmetic
+without that, run under `GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184` (the
+memory pass, in its own process, sets its own allocator options either way).
 """
 
 from __future__ import annotations
