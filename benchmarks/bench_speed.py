@@ -99,8 +99,12 @@ def return_freed_memory() -> bool:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 20))
+    m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4
+    return (
+        bool(libc.mallopt(m_mmap_max, 65536))  # glibc's default, in case GLIBC_TUNABLES turned mmap off
+        and bool(libc.mallopt(m_mmap_threshold, 1 << 20))
+        and bool(libc.mallopt(m_trim_threshold, 1 << 20))
+    )
 
 
 def peak_rss_resettable() -> bool:
