@@ -26,6 +26,14 @@ def test_blending_an_identity_reproduces_the_input():
     torch.testing.assert_close(y, x)
 
 
+def test_reduced_precision_tiles_are_blended_in_fp32():
+    x = torch.randn(1, 2, 3, 37, 50).to(torch.bfloat16)
+    y = run_tiled(lambda tile, _: tile, x, Tiling(16, 6), scale=1.0)
+    # bf16 accumulation of the weighted overlaps would round them; in fp32 the bf16 values come back exactly
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, x.float(), rtol=1e-6, atol=1e-6)
+
+
 def test_blending_a_scaled_map_lands_on_the_output_grid():
     x = torch.randn(1, 1, 1, 12, 12)
     up = run_tiled(lambda t, _: t.repeat_interleave(2, -1).repeat_interleave(2, -2), x, Tiling(8, 4), scale=2.0)

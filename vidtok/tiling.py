@@ -60,7 +60,8 @@ def run_tiled(
 
     `fn(tile, (row, col))` maps a tile of size (h, w) to an output of size (h·scale, w·scale) and any number of
     frames (all tiles give the same count); tiles come in the same order on every call. `multiple` keeps tile
-    starts on a grid (the encoder's spatial factor), so output tiles land on whole positions.
+    starts on a grid (the encoder's spatial factor), so output tiles land on whole positions. Outputs are blended
+    in at least fp32: tiles from a stage running in bf16 or fp16 are not summed in it.
     """
     H, W = x.shape[-2:]
     rows, cols = tiling.spans(H, multiple), tiling.spans(W, multiple)
@@ -68,17 +69,18 @@ def run_tiled(
     for i, (r0, r1) in enumerate(rows):
         for j, (c0, c1) in enumerate(cols):
             y = fn(x[..., r0:r1, c0:c1], (i, j))
+            dtype = torch.promote_types(y.dtype, torch.float32)
             if out is None:
-                out = y.new_zeros((*y.shape[:3], round(H * scale), round(W * scale)))
-                weight = y.new_zeros((1, 1, 1, round(H * scale), round(W * scale)))
+                out = y.new_zeros((*y.shape[:3], round(H * scale), round(W * scale)), dtype=dtype)
+                weight = y.new_zeros((1, 1, 1, round(H * scale), round(W * scale)), dtype=dtype)
             o_r0, o_r1, o_c0, o_c1 = (round(v * scale) for v in (r0, r1, c0, c1))
             # ramps only where this tile overlaps a neighbour
             top = round((rows[i - 1][1] - r0) * scale) if i > 0 else 0
             bottom = round((r1 - rows[i + 1][0]) * scale) if i + 1 < len(rows) else 0
             left = round((cols[j - 1][1] - c0) * scale) if j > 0 else 0
             right = round((c1 - cols[j + 1][0]) * scale) if j + 1 < len(cols) else 0
-            w = _ramp(o_r1 - o_r0, top, bottom, y.device, y.dtype)[:, None] * _ramp(
-                o_c1 - o_c0, left, right, y.device, y.dtype
+            w = _ramp(o_r1 - o_r0, top, bottom, y.device, dtype)[:, None] * _ramp(
+                o_c1 - o_c0, left, right, y.device, dtype
             )[None, :]
             out[..., o_r0:o_r1, o_c0:o_c1] += y * w
             weight[..., o_r0:o_r1, o_c0:o_c1] += w
