@@ -335,6 +335,7 @@ def iter_decoded_frames(
     """
     check_model_matches(model, encoded)
     device = torch.device(device)
+    precision = Precision.of(precision)
     tiles = resolve_tiles(model, tile_size, tile_overlap)
     clips = encoded.meta["clips"]
     clip_frames = int(clips["clip_frames"])
@@ -346,7 +347,7 @@ def iter_decoded_frames(
         return
     for part, (_, num_valid) in tqdm(zip(encoded.tokens, layout, strict=True), total=len(layout),
                                      disable=not progress):
-        with Precision.of(precision).decoding(device):
+        with precision.decoding(device):
             z = _latents(model, encoded, part).to(device)
             video = model.decoder(z) if tiles is None else decode_tiled(model, z, tiles.latents)
         yield video[:, :, -clip_frames:][0, :, :num_valid].float().clamp(-1, 1).cpu()
@@ -361,7 +362,7 @@ def _latents(model, encoded: EncodedVideo, part: np.ndarray) -> torch.Tensor:
 
 
 def _decode_streamed(
-    model, encoded: EncodedVideo, tiles: SpatialTiles | None, precision: str | Precision, device, progress: bool
+    model, encoded: EncodedVideo, tiles: SpatialTiles | None, precision: Precision, device, progress: bool
 ) -> Iterator[torch.Tensor]:
     """Stream a one-clip file's latents through the decoder; drop the frames of the encoder's front padding (v1.1)
     and of the tail padding."""
@@ -384,12 +385,12 @@ def _decode_streamed(
     with tqdm(total=num_valid, unit="frame", disable=not progress) as bar:
         for start in range(0, num_latents, step):
             piece = part[start : start + step] if encoded.kind == "fsq" else part[:, start : start + step]
-            with Precision.of(precision).decoding(device):
+            with precision.decoding(device):
                 video = keep(decoder.push(_latents(model, encoded, piece).to(device)))
             if video is not None:
                 bar.update(video.shape[1])
                 yield video
-        with Precision.of(precision).decoding(device):
+        with precision.decoding(device):
             video = keep(decoder.finish())
         if video is not None:
             bar.update(video.shape[1])
