@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .causal_conv import Conv3dChannelsFirst, TimeBuffer, TimePadMode, causal_window
+from .causal_conv import TimeBuffer, TimePadMode, causal_window
+from .fast_conv import FastConv2d, FastConv3d
 from .resblock import make_conv3d
 from .reshape import channels_last
 
@@ -29,7 +30,7 @@ class SpatialUpsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = FastConv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x.float(), scale_factor=2.0, mode="nearest").to(x.dtype))
@@ -67,7 +68,7 @@ class TemporalDownsample(_AlphaBlend):
         if causal:
             self.conv = make_conv3d(channels, channels, 3, True, time_pad_mode, stride=(2, 1, 1))
         else:
-            self.conv = Conv3dChannelsFirst(channels, channels, 3, stride=(2, 1, 1), padding=(0, 1, 1))
+            self.conv = FastConv3d(channels, channels, 3, stride=(2, 1, 1), padding=(0, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.causal:

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .causal_conv import CausalConv1d, CausalConv3d, Conv3dChannelsFirst, TimePadMode, conv1d_over_time
+from .causal_conv import CausalConv1d, CausalConv3d, TimePadMode, conv1d_over_time
+from .fast_conv import FastConv2d, FastConv3d
 from .normalization import make_norm, norm_silu
 from .reshape import batch_to_time, time_to_batch
 
@@ -53,9 +54,9 @@ class ResnetBlock2D(_Residual):
     ):
         super().__init__(in_channels, out_channels, dropout, use_checkpoint)
         self.norm1 = make_norm(in_channels, norm_type)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = FastConv2d(in_channels, out_channels, 3, padding=1)
         self.norm2 = make_norm(out_channels, norm_type)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = FastConv2d(out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
 
@@ -124,7 +125,7 @@ def make_conv3d(
     """A k×k×k conv with 'same' output size: causal (`CausalConv3d`, key infix `.conv.`) or centred (`nn.Conv3d`)."""
     if causal:
         return CausalConv3d(cin, cout, k, stride=stride, time_pad_mode=time_pad_mode)
-    return (Conv3dChannelsFirst if k > 1 else nn.Conv3d)(cin, cout, k, stride=stride, padding=k // 2)
+    return (FastConv3d if k > 1 else nn.Conv3d)(cin, cout, k, stride=stride, padding=k // 2)
 
 
 def spatial_temporal(x: torch.Tensor, spatial: ResnetBlock2D, temporal: ResnetBlock1D) -> torch.Tensor:

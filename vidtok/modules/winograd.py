@@ -1,0 +1,251 @@
+"""Winograd F(4×4, 3×3) convolution: the 3×3 spatial kernels of VidTok on CPU, fp32 inference.
+
+Why: the network's time goes to 3×3 and 3×3×3 convolutions at 256–512 channels. On a CPU without a fast direct
+kernel (oneDNN reached 100–130 GFLOP/s on a 2-core AVX2 machine), computing each 4×4 output tile from a 6×6 input
+tile in the Winograd domain needs 36 multiply-adds per channel pair instead of 144, done as 36 batched GEMMs. The
+transforms are a few additions per value; they run on bands of tile rows through one workspace allocated per
+call, so no large block is page-faulted in again and again.
+
+A k×3×3 kernel (k frames) is k spatial 3×3 kernels: frame tap j of output frame t reads input frame t + j, so the
+Winograd-domain input of a frame is computed once and the k taps accumulate into the same GEMM output.
+
+Results differ from a direct convolution by rounding only (about 1e-5 relative for unit-scale inputs), so training
+keeps the direct kernels: the fast path runs only without autograd.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+# F(4, 3) with interpolation points 0, ±1, ±2, ∞ (Lavin & Gray 2016). Only G is applied as a matrix (to the weights,
+# once); B^T and A^T are applied as the additions written out in `_input_transform` and `_output_transform`.
+_G = torch.tensor(
+    [
+        [1 / 4, 0, 0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0, 0, 1],
+    ],
+    dtype=torch.float64,
+)
+
+# the workspace of one band (its Winograd-domain input, GEMM output and scratch) stays under this size
+BAND_BYTES = 96 << 20
+MIN_CHANNELS = 64
+
+
+def transform_weight(weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """`[C_out, C_in, k, 3, 3]` (or `[C_out, C_in, 3, 3]`) -> `[k, 36, C_out, C_in]`: G w G^T for every frame tap,
+    written into `out` if given.
+
+    One small GEMM per tap straight from the weight's own layout (36×9 coefficients against the nine taps of every
+    channel pair), so no transposed copy of the weight is made.
+    """
+    c_out, c_in = weight.shape[:2]
+    taps = weight.shape[2] if weight.ndim == 5 else 1
+    flat = weight.detach().reshape(c_out * c_in, taps * 9)
+    kron = torch.kron(_G, _G).to(weight)  # [36, 9]: G[a, i]·G[b, j] at [6a + b, 3i + j]
+    u = weight.new_empty(taps, 36, c_out * c_in) if out is None else out.view(taps, 36, c_out * c_in)
+    for t in range(taps):
+        torch.matmul(kron, flat[:, 9 * t : 9 * t + 9].t(), out=u[t])
+    return u.view(taps, 36, c_out, c_in)
+
+
+def _input_transform(d: Sequence[torch.Tensor], out: Sequence[torch.Tensor], p: torch.Tensor, q: torch.Tensor) -> None:
+    """out[a] = sum_i B^T[a, i] d[i] for the six rows of B^T; p, q are scratch of out[a]'s shape."""
+    d0, d1, d2, d3, d4, d5 = d
+    torch.add(d4, d2, alpha=-5, out=out[0]).add_(d0, alpha=4)
+    torch.add(d5, d3, alpha=-5, out=out[5]).add_(d1, alpha=4)
+    torch.add(d4, d2, alpha=-4, out=p)
+    torch.add(d3, d1, alpha=-4, out=q)
+    torch.add(p, q, out=out[1])
+    torch.sub(p, q, out=out[2])
+    torch.sub(d4, d2, out=p)
+    torch.sub(d3, d1, out=q)
+    torch.add(p, q, alpha=2, out=out[3])
+    torch.add(p, q, alpha=-2, out=out[4])
+
+
+def _output_transform(m: Sequence[torch.Tensor], out: Sequence[torch.Tensor], scratch: Sequence[torch.Tensor]) -> None:
+    """out[u] = sum_a A^T[u, a] m[a] for the four rows of A^T; scratch: four tensors of m[a]'s shape."""
+    m0, m1, m2, m3, m4, m5 = m
+    s12, d12, s34, d34 = scratch
+    torch.add(m1, m2, out=s12)
+    torch.sub(m1, m2, out=d12)
+    torch.add(m3, m4, out=s34)
+    torch.sub(m3, m4, out=d34)
+    torch.add(s12, s34, out=out[0]).add_(m0)
+    torch.add(d12, d34, alpha=2, out=out[1])
+    torch.add(s12, s34, alpha=4, out=out[2])
+    torch.add(d12, d34, alpha=8, out=out[3]).add_(m5)
+
+
+class _Workspace:
+    """Views of one flat buffer, handed out front to back: every band, and every call on the same thread, reuses the
+    same memory (kept between calls, because a freshly mapped block costs a page fault per 4 KiB on first touch:
+    about 35 ms per 96 MiB on a 2-core CPU, per conv)."""
+
+    def __init__(self) -> None:
+        self.buffer = torch.empty(0)
+        self.offset = 0
+
+    def reserve(self, numel: int, like: torch.Tensor) -> None:
+        if self.buffer.numel() < numel or self.buffer.dtype != like.dtype or self.buffer.device != like.device:
+            self.buffer = like.new_empty(numel)
+        self.offset = 0
+
+    def take(self, *shape: int) -> torch.Tensor:
+        n = math.prod(shape)
+        view = self.buffer[self.offset : self.offset + n].view(shape)
+        self.offset += n
+        return view
+
+
+_local = threading.local()
+
+
+def _workspace() -> _Workspace:
+    if not hasattr(_local, "workspace"):
+        _local.workspace = _Workspace()
+    return _local.workspace
+
+
+def release_workspace() -> None:
+    """Free this thread's Winograd workspace (at most about `BAND_BYTES`); the next conv allocates it again."""
+    _local.__dict__.pop("workspace", None)
+
+
+def _band_numel(frames_out: int, rows: int, tw: int, taps: int, c_in: int, c_out: int) -> int:
+    """Elements of the workspace one band needs (the views `_convolve_band` takes)."""
+    frames_in, tiles, wp = frames_out + taps - 1, rows * tw, 4 * tw + 2
+    padded = frames_in * (4 * rows + 2) * wp * c_in
+    v = 38 * frames_in * tiles * c_in  # 36 transformed tiles and two scratch
+    rows_t = 8 * frames_in * rows * wp * c_in  # six transformed rows and two scratch
+    # GEMM output (36, later the output tiles), first output stage (24) and its scratch (4)
+    after_gemm = 64 * frames_out * tiles * c_out
+    return padded + v + max(rows_t, after_gemm)
+
+
+def _plan(frames_out: int, th: int, tw: int, taps: int, c_in: int, c_out: int, itemsize: int) -> tuple[int, int]:
+    """(output frames, tile rows) per band: all frames and as many tile rows as `BAND_BYTES` allows; when one tile
+    row of all frames is already too big, fewer frames (at least one)."""
+    budget = BAND_BYTES // itemsize
+    per_row = _band_numel(frames_out, 1, tw, taps, c_in, c_out)
+    if per_row <= budget:
+        return frames_out, max(1, min(th, budget // per_row))
+    chunk = frames_out
+    while chunk > 1 and _band_numel(chunk, 1, tw, taps, c_in, c_out) > budget:
+        chunk -= 1
+    return chunk, 1
+
+
+def winograd_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    time_pad: int = 0,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Convolve frames `x` `[F, H, W, C_in]` (any strides) with `weight` `[C_out, C_in, k, 3, 3]` (or
+    `[C_out, C_in, 3, 3]`), spatial zero padding 1 and `time_pad` zero frames at both ends.
+    Returns `[F + 2·time_pad - k + 1, H, W, C_out]`, written into `out` if given (else a new contiguous tensor)."""
+    c_out, c_in = weight.shape[:2]
+    taps = weight.shape[2] if weight.ndim == 5 else 1
+    frames, H, W, _ = x.shape
+    frames_out = frames + 2 * time_pad - taps + 1
+    if out is None:
+        out = x.new_empty(frames_out, H, W, c_out)
+    if frames_out <= 0:
+        return out
+    th, tw = -(-H // 4), -(-W // 4)
+    chunk, rows = _plan(frames_out, th, tw, taps, c_in, c_out, x.element_size())
+    ws = _workspace()
+    u_numel = taps * 36 * c_out * c_in
+    ws.reserve(u_numel + _band_numel(chunk, rows, tw, taps, c_in, c_out), x)
+    u = transform_weight(weight, out=ws.take(u_numel))
+    for t0 in range(0, frames_out, chunk):
+        t1 = min(t0 + chunk, frames_out)
+        for r0 in range(0, th, rows):
+            r1 = min(r0 + rows, th)
+            ws.offset = u_numel
+            band = _convolve_band(x, u, ws, t0 - time_pad, t1 - t0, r0, r1 - r0, tw)
+            h0, h1 = 4 * r0, min(4 * r1, H)
+            target = out[t0:t1, h0:h1]
+            source = band[:, : h1 - h0, :W]
+            if bias is None:
+                target.copy_(source)
+            else:
+                torch.add(source, bias, out=target)
+    return out
+
+
+def _convolve_band(
+    x: torch.Tensor, u: torch.Tensor, ws: _Workspace, f0: int, frames_out: int, r0: int, rows: int, tw: int
+) -> torch.Tensor:
+    """Output frames `f0 + time_pad ...` of tile rows `r0 .. r0 + rows`, as `[frames_out, 4·rows, 4·tw, C_out]`
+    (a view into the workspace, bias not added). `f0` is the first input frame (negative inside the padding)."""
+    taps, _, c_out, c_in = u.shape
+    frames, H, W, _ = x.shape
+    fi = frames_out + taps - 1
+    hp, wp = 4 * rows + 2, 4 * tw + 2
+
+    # zero-padded input band: frames f0 .., rows 4·r0 - 1 .., columns -1 ..
+    padded = ws.take(fi, hp, wp, c_in)
+    padded.zero_()
+    a0, a1 = max(f0, 0), min(f0 + fi, frames)
+    y0, y1 = max(4 * r0 - 1, 0), min(4 * r0 - 1 + hp, H)
+    if a1 > a0 and y1 > y0:
+        padded[a0 - f0 : a1 - f0, y0 - (4 * r0 - 1) : y1 - (4 * r0 - 1), 1 : 1 + W] = x[a0:a1, y0:y1]
+
+    v = ws.take(6, 6, fi, rows, tw, c_in)
+    v_scratch = ws.take(fi, rows, tw, c_in), ws.take(fi, rows, tw, c_in)
+    mark = ws.offset
+    transformed_rows = ws.take(6, fi, rows, wp, c_in)
+    p, q = ws.take(fi, rows, wp, c_in), ws.take(fi, rows, wp, c_in)
+    _input_transform([padded[:, i : i + 4 * rows : 4] for i in range(6)], transformed_rows, p, q)
+    for row, out in zip(transformed_rows, v, strict=True):
+        _input_transform([row[:, :, j : j + 4 * tw : 4] for j in range(6)], out, *v_scratch)
+    v = v.view(36, fi, rows * tw, c_in)
+
+    # the GEMM output and everything after it overwrite the transformed rows, which are no longer needed
+    ws.offset = mark
+    m = ws.take(36, frames_out * rows * tw, c_out)
+    torch.bmm(v[:, :frames_out].reshape(36, -1, c_in), u[0].transpose(1, 2), out=m)
+    for j in range(1, taps):
+        m.baddbmm_(v[:, j : j + frames_out].reshape(36, -1, c_in), u[j].transpose(1, 2))
+    m = m.view(6, 6, frames_out, rows, tw, c_out)
+    y = ws.take(4, 6, frames_out, rows, tw, c_out)
+    scratch = [ws.take(frames_out, rows, tw, c_out) for _ in range(4)]
+    for b in range(6):
+        _output_transform(m[:, b], y[:, b], scratch)
+    # the output tiles overwrite the GEMM output, which is no longer needed
+    tiles = m.view(-1)[: frames_out * rows * 16 * tw * c_out].view(frames_out, rows, 4, tw, 4, c_out)
+    for r in range(4):
+        _output_transform(y[r], tiles[:, :, r].unbind(3), scratch)
+    return tiles.view(frames_out, 4 * rows, 4 * tw, c_out)
+
+
+def winograd_applies(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> bool:
+    """Whether `conv` on `x` can take the Winograd path: CPU, fp32, no autograd or autocast, a 3×3 spatial kernel
+    with stride 1, dilation 1, spatial padding 1, one group and at least `MIN_CHANNELS` channels each way."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and conv.weight.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+        and conv.kernel_size[-2:] == (3, 3)
+        and all(s == 1 for s in conv.stride)
+        and all(d == 1 for d in conv.dilation)
+        and tuple(conv.padding[-2:]) == (1, 1)
+        and conv.padding_mode == "zeros"
+        and conv.groups == 1
+        and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
+    )
