@@ -14,9 +14,11 @@ Weights are the conformance recipe's (`$VIDTOK_SHARED/conformance/recipe.py`, el
 through `forward(encoder_mode=True)`, i.e. with its padding), decode is latent -> T frames. Reported per
 implementation: median encode and decode time over `--repeats`, frames/s (T over encode+decode), peak memory of
 each stage above the resident set before it (Linux peak-RSS reset, with glibc told to unmap freed blocks; one
-pass per implementation in a fresh process), FLOPs of one encode+decode (`torch.utils.flop_counter`), achieved
-GFLOP/s and its fraction of the best 3x3x3 Conv3d throughput measured in the same run, the time ratio to
-diffusers and the largest output difference from it. Our networks keep activations channels-last by themselves;
+pass per implementation in a fresh process), FLOPs of one encode+decode (`torch.utils.flop_counter`, counted with
+direct convolutions: the architecture's FLOPs, the same for every implementation), effective GFLOP/s (those FLOPs
+over the time) and its fraction of the best 3x3x3 Conv3d throughput measured in the same run (our Winograd layers
+do a quarter of the multiplies, so this can pass 100 %), the time ratio to diffusers and the largest output
+difference from it (outputs of the last timed run). Our networks keep activations channels-last by themselves;
 `--channels_last` also converts the weights and the input (and diffusers', which otherwise runs channels-first).
 
 CPU timings depend on glibc's allocator: by default every block above 32 MiB is a fresh `mmap` whose pages fault
@@ -58,6 +60,7 @@ from vidtok.interop.diffusers import (  # noqa: E402
     diffusers_kwargs_from_model,
     to_diffusers,
 )
+from vidtok.modules.fast_conv import direct_convs  # noqa: E402
 
 HAVE_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 
@@ -313,10 +316,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             to_channels_last(impl.module)
 
     with torch.no_grad():
-        for impl in impls:  # one eager pass each: FLOPs, outputs for the comparison, and a warm-up
-            with FlopCounterMode(display=False) as counter:
-                impl.z = impl.encode(x)
-                impl.recon = impl.decode(impl.z)
+        for impl in impls:  # one eager pass each with direct convs: the architecture's FLOPs, and a warm-up
+            with direct_convs(), FlopCounterMode(display=False) as counter:
+                impl.decode(impl.encode(x))
             impl.flops = counter.get_total_flops()
         if args.compile:
             for impl in impls:
@@ -325,9 +327,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 impl.decode(impl.encode(x))  # compiles
         for _ in range(args.repeats):
             for impl in impls:  # alternate implementations within each repeat
-                z, seconds = timed(lambda: impl.encode(x))  # noqa: B023
+                impl.z, seconds = timed(lambda: impl.encode(x))  # noqa: B023
                 impl.encode_s.append(seconds)
-                impl.decode_s.append(timed(lambda: impl.decode(z))[1])  # noqa: B023
+                impl.recon, seconds = timed(lambda: impl.decode(impl.z))  # noqa: B023
+                impl.decode_s.append(seconds)
         peak3d, peak2d = conv3d_peak(args)
     for impl in impls:
         impl.encode_mib, impl.decode_mib = measure_memory_in_child(args, impl.name)

@@ -88,3 +88,17 @@ def test_centred_fast_conv3d_pads_time_with_zeros(winograd_calls: list) -> None:
 def test_fast_convs_keep_the_state_dict_keys_of_plain_convs() -> None:
     assert FastConv2d(4, 4, 3).state_dict().keys() == torch.nn.Conv2d(4, 4, 3).state_dict().keys()
     assert FastConv3d(4, 4, 3).state_dict().keys() == torch.nn.Conv3d(4, 4, 3).state_dict().keys()
+
+
+def test_direct_convs_turns_winograd_off_inside_the_block(winograd_calls: list) -> None:
+    torch.manual_seed(0)
+    conv = FastConv2d(64, 64, 3, padding=1)
+    x = torch.randn(4, 64, 16, 16)
+    with torch.no_grad():
+        with fast_conv.direct_convs():
+            direct = conv(x)
+        assert winograd_calls == []
+        fast = conv(x)
+    assert len(winograd_calls) == 1
+    torch.testing.assert_close(direct, torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1))
+    _close(fast, direct)

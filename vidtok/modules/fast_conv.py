@@ -8,6 +8,10 @@ a 157M-parameter model); everything else, training included, runs PyTorch's dire
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 from torch import nn
 
@@ -18,8 +22,26 @@ from .winograd import winograd_applies, winograd_conv
 MIN_WINOGRAD_PIXELS = 1024
 
 
+_winograd_enabled: ContextVar[bool] = ContextVar("vidtok_winograd", default=True)
+
+
+@contextmanager
+def direct_convs() -> Iterator[None]:
+    """Run every conv with PyTorch's direct kernel inside this block: results rounded as the original's are (to
+    compare bit-for-bit with it, or to count a model's FLOPs as a direct convolution computes them)."""
+    token = _winograd_enabled.set(False)
+    try:
+        yield
+    finally:
+        _winograd_enabled.reset(token)
+
+
 def _use_winograd(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> bool:
-    return winograd_applies(conv, x) and x[0, 0].numel() * x.shape[0] >= MIN_WINOGRAD_PIXELS
+    return (
+        _winograd_enabled.get()
+        and winograd_applies(conv, x)
+        and x[0, 0].numel() * x.shape[0] >= MIN_WINOGRAD_PIXELS
+    )
 
 
 class FastConv2d(nn.Conv2d):
