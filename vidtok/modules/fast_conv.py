@@ -40,7 +40,7 @@ def _use_winograd(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> bool:
     return (
         _winograd_enabled.get()
         and winograd_applies(conv, x)
-        and x[0, 0].numel() * x.shape[0] >= MIN_WINOGRAD_PIXELS
+        and x.numel() // x.shape[1] >= MIN_WINOGRAD_PIXELS  # output pixels per frame tap
     )
 
 
