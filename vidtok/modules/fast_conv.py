@@ -3,7 +3,7 @@
 
 Inference in fp32 on CPU runs Winograd F(4×4, 3×3) (`winograd.py`) where the layer has enough output pixels to
 repay transforming its weights on every call (the transformed weights are 4× the weight's size, too much to keep for
-a 157M-parameter model); everything else, training included, runs PyTorch's direct convolution.
+a 157M-parameter model); everything else, training and `torch.compile` included, runs PyTorch's direct convolution.
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ def direct_convs() -> Iterator[None]:
 
 
 def _use_winograd(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> bool:
+    # under torch.compile the direct conv: the banded Python loop would unroll into a huge graph
     return (
         _winograd_enabled.get()
+        and not torch.compiler.is_compiling()
         and winograd_applies(conv, x)
         and x.numel() // x.shape[1] >= MIN_WINOGRAD_PIXELS  # output pixels per frame tap
     )
