@@ -3,8 +3,8 @@
 Why: the network's time goes to 3×3 and 3×3×3 convolutions at 256–512 channels. On a CPU without a fast direct
 kernel (oneDNN reached 100–130 GFLOP/s on a 2-core AVX2 machine), computing each 4×4 output tile from a 6×6 input
 tile in the Winograd domain needs 36 multiply-adds per channel pair instead of 144, done as 36 batched GEMMs. The
-transforms are a few additions per value; they run on bands of tile rows through one workspace allocated per
-call, so no large block is page-faulted in again and again.
+transforms are a few additions per value; they run on bands of tile rows through one workspace per thread, reused
+by every band and every call, so no large block is page-faulted in again and again.
 
 A k×3×3 kernel (k frames) is k spatial 3×3 kernels: frame tap j of output frame t reads input frame t + j, so the
 Winograd-domain input of a frame is computed once and the k taps accumulate into the same GEMM output.
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 # F(4, 3) with interpolation points 0, ±1, ±2, ∞ (Lavin & Gray 2016). Only G is applied as a matrix (to the weights,
-# once); B^T and A^T are applied as the additions written out in `_input_transform` and `_output_transform`.
+# once per call); B^T and A^T are applied as the additions written out in `_input_transform` and `_output_transform`.
 _G = torch.tensor(
     [
         [1 / 4, 0, 0],
@@ -118,7 +118,8 @@ def _workspace() -> _Workspace:
 
 
 def release_workspace() -> None:
-    """Free this thread's Winograd workspace (at most about `BAND_BYTES`); the next conv allocates it again."""
+    """Free this thread's Winograd workspace (one band, about `BAND_BYTES`, plus the largest layer's transformed
+    weights); the next conv allocates it again."""
     _local.__dict__.pop("workspace", None)
 
 
