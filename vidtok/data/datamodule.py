@@ -19,7 +19,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from vidtok.util import instantiate_from_config
 
@@ -40,7 +40,8 @@ class DataModuleFromConfig(pl.LightningDataModule):
         shuffle_val: shuffle the validation loader (off, as in the original).
         shuffle_test: shuffle the test loader.
 
-    The training loader shuffles and pins memory when CUDA is available; validation and test do not shuffle
+    The training loader shuffles and pins memory when CUDA is available (a stream, such as a shard dataset,
+    shuffles itself); validation and test do not shuffle
     unless asked. Only the loaders of configured splits exist as hooks, so Lightning sees no validation loop when
     ``validation`` is ``None`` instead of calling a hook that has nothing to return.
     """
@@ -79,9 +80,9 @@ class DataModuleFromConfig(pl.LightningDataModule):
         for split, config in self.dataset_configs.items():
             if split not in self.datasets:
                 self.datasets[split] = instantiate_from_config(config)
-                logger.info(
-                    "data.%s: %s with %d items", split, type(self.datasets[split]).__name__, len(self.datasets[split])
-                )
+                dataset = self.datasets[split]
+                size = "a stream of" if isinstance(dataset, IterableDataset) else len(dataset)
+                logger.info("data.%s: %s with %s items", split, type(dataset).__name__, size)
 
     def _dataset(self, split: str) -> Dataset:
         if split not in self.datasets:
@@ -89,10 +90,11 @@ class DataModuleFromConfig(pl.LightningDataModule):
         return self.datasets[split]
 
     def _train_dataloader(self) -> DataLoader:
+        dataset = self._dataset("train")
         return DataLoader(
-            self._dataset("train"),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=True,
+            shuffle=not isinstance(dataset, IterableDataset),  # a stream shuffles itself (shuffle_buffer)
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
         )

@@ -114,6 +114,21 @@ def skip_or_raise(
     logger.warning("%s (%s: %s): %s", err.path, err.reason, err.detail, action)
 
 
+def training_clip(
+    path: str, video_params: Mapping[str, Any], transform: VidTokVideoTransform, start_index: int | None = None
+) -> torch.Tensor:
+    """One training clip of the video at `path`: ``sample_num_frames`` frames at ``sample_fps`` (see
+    :func:`~vidtok.data.video_read.sample_frame_indices`), transformed, and padded by repeating the last frame when
+    the video is shorter. Returns float ``[C, sample_num_frames, H, W]`` in [-1, 1].
+
+    Raises:
+        VideoReadError: the video cannot be used.
+    """
+    frames, _ = read_clip(path, video_params["sample_num_frames"], video_params["sample_fps"], start_index=start_index)
+    clip = transform.frames_to_tchw(frames)  # [T, C, H, W]
+    return pad_by_repeating_last(clip, video_params["sample_num_frames"]).permute(1, 0, 2, 3)
+
+
 class VidTokDataset(Dataset):
     """Random training clips: ``sample_num_frames`` frames at ``sample_fps`` from each video listed in a CSV.
 
@@ -190,18 +205,11 @@ class VidTokDataset(Dataset):
             if path in self.skipped:
                 continue
             try:
-                frames, _ = read_clip(
-                    path,
-                    self.video_params["sample_num_frames"],
-                    self.video_params["sample_fps"],
-                    start_index=self.start_index,
-                )
+                clip = training_clip(path, self.video_params, self.transform, self.start_index)
             except VideoReadError as err:
                 self._skip_or_raise(err)
                 continue
-            clip = self.transform.frames_to_tchw(frames)  # [T, C, H, W]
-            clip = pad_by_repeating_last(clip, self.video_params["sample_num_frames"])
-            return {"jpg": clip.permute(1, 0, 2, 3), "path": path}  # [C, T, H, W]
+            return {"jpg": clip, "path": path}
         reasons = "; ".join(f"{path}: {why}" for path, why in list(self.skipped.items())[:5])
         raise RuntimeError(f"none of the {count} videos listed in {self.meta_path!r} can be read ({reasons} ...)")
 
