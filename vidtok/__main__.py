@@ -3,6 +3,8 @@
     python -m vidtok encode VIDEO -c CONFIG --ckpt CKPT -o tokens.npz [--height 256 --width 256 --sample_fps N]
         [--read_long_video] [--tile_size PX [--tile_overlap PX]]
     python -m vidtok decode tokens.npz -o out.mp4 [-c CONFIG --ckpt CKPT] [--tile_size PX [--tile_overlap PX]]
+    python -m vidtok decode OUT/part-0-00000.tar --key KEY -o out.mp4   (a sample of encode-dataset's shards)
+    python -m vidtok encode-dataset ...   (a whole dataset on many processes, see vidtok.encode_dataset)
 
 See :mod:`vidtok.tokens` for the file format. Decoding writes the video as it is decoded.
 """
@@ -13,7 +15,11 @@ import argparse
 import logging
 import sys
 
+from vidtok.data.token_shards import read_token_sample
 from vidtok.data.video_read import VideoReadError
+from vidtok.encode_dataset import add_arguments as add_encode_dataset_arguments
+from vidtok.encode_dataset import encode_dataset
+from vidtok.errors import VidTokError
 from vidtok.inference import VideoWriter, add_precision_arguments, default_device, to_uint8
 from vidtok.tokens import LATENT_DTYPES, encode_video, iter_decoded_frames, load_model_for, load_tokens, save_tokens
 
@@ -41,10 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--read_long_video", action="store_true", help=LONG_VIDEO_HELP)
 
     dec = commands.add_parser("decode", help="token file -> video (.mp4)")
-    dec.add_argument("tokens", help="token file written by `encode`")
+    dec.add_argument("tokens", help="token file written by `encode`, or a part-*.tar of `encode-dataset` with --key")
+    dec.add_argument("--key", default=None, help="the sample to decode from an encode-dataset shard")
     dec.add_argument("-o", "--output", required=True, help="video to write (.mp4)")
     dec.add_argument("-c", "--config", default=None, help="model config (default: the one recorded in the file)")
     dec.add_argument("--ckpt", default=None, help="model checkpoint (default: the one recorded in the file)")
+
+    add_encode_dataset_arguments(commands.add_parser(
+        "encode-dataset", help="a dataset (CSV + files, or shards) -> token shards, on many processes"))
 
     for sub in (enc, dec):
         sub.add_argument(
@@ -63,8 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    device = default_device() if args.device is None else args.device
     try:
+        if args.command == "encode-dataset":
+            summary = encode_dataset(args)
+            if summary is not None:
+                sys.stdout.write(f"{summary['written']} videos encoded, {summary['skipped']} already done, "
+                                 f"{summary['failed']} failed -> {args.output}\n")
+            return 0
+        device = default_device() if args.device is None else args.device
         if args.command == "encode":
             from vidtok.api import load_model_from_config
 
@@ -81,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"for {encoded.num_frames} frames -> {path}\n"
             )
         else:
-            encoded = load_tokens(args.tokens)
+            encoded = load_tokens(args.tokens) if args.key is None else read_token_sample(args.tokens, args.key)
             model = load_model_for(encoded, args.config, args.ckpt).to(device)
             frames = iter_decoded_frames(
                 model, encoded, tile_size=args.tile_size, tile_overlap=args.tile_overlap, precision=args.precision,
@@ -91,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 for video in frames:
                     writer.write(to_uint8(video))
             sys.stdout.write(f"{writer.num_frames} frames at {encoded.fps:g} fps -> {writer.path}\n")
-    except (FileNotFoundError, ValueError, VideoReadError) as err:
+    except (FileNotFoundError, ValueError, VideoReadError, VidTokError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 1
     return 0
