@@ -8,9 +8,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from shard_helpers import write_shards
 from torch.utils.data import DataLoader
 from training_utils import REPO
@@ -71,9 +73,9 @@ def test_finished_shards_are_reported_and_left_out_when_resuming(shards: Path) -
     assert finished == ["", "", urls[0], "", urls[1], "", "", urls[2], "", "", urls[3]]
 
     progress = ShardProgress()
-    progress.load_state_dict({"epoch": 0, "finished": urls[:2]})
     trainer = type("Trainer", (), {"current_epoch": 0, "datamodule": type("DM", (), {"datasets": {"train": dataset}})})
-    progress.on_train_epoch_start(trainer, None)
+    progress.setup(trainer, None, "fit")
+    progress.load_state_dict({"epoch": 0, "finished": urls[:2]})  # what a resumed run does before reading
     assert [item["__key__"] for item in dataset] == ["s2_0", "s2_1", "s2_2", "s3_0", "s3_1", "s3_2"]
     trainer.current_epoch = 1  # a new epoch reads everything again
     progress.on_train_epoch_start(trainer, None)
@@ -112,14 +114,17 @@ def test_twenty_training_steps_from_shards_skip_and_count_a_broken_sample(shards
         "model.params.loss_config.params.lpips_pretrained": "false",
         "data.params.num_workers": 0,
         "data.params.train.params.urls": pattern(shards),
-        "data.params.validation.params.urls": str(shards / "00000.tar"),
         "data.params.train.params.video_params.input_height": 32,
         "data.params.train.params.video_params.input_width": 32,
-        "lightning.trainer.val_check_interval": 10**6,
+        "lightning.trainer.limit_val_batches": 0,  # no validation: step checkpoints are then not held back
         "lightning.trainer.num_sanity_val_steps": 0,
         "lightning.trainer.enable_progress_bar": "false",
         "lightning.trainer.enable_model_summary": "false",
         "lightning.callbacks.image_logger.params.disabled": "true",
+        "lightning.modelcheckpoint.params.every_n_train_steps": 10,
+        "lightning.modelcheckpoint.params.save_top_k": -1,  # keep the checkpoint of step 10
+        "data.params.train.params.shuffle_buffer": 0,  # shard order, so that the finished shards are known
+        "lightning.callbacks.paths.target": "test_shards.PathProbe",
     }
     argv = ["-b", str(SHARDS_CONFIG), "--logdir", str(tmp_path), "-n", "shards", "--accelerator",
             "cpu", "--max_steps", "20", *(f"{k}={v}" for k, v in overrides.items())]
@@ -128,5 +133,25 @@ def test_twenty_training_steps_from_shards_skip_and_count_a_broken_sample(shards
     assert result.trainer.global_step == 20
     assert float(result.trainer.callback_metrics["data/skipped_videos"]) == 1
     assert list(result.datamodule.skipped_summary()["train"]) == [f"{shards / '00001.tar'}#s1_1"]
-    progress = next(c for c in result.trainer.callbacks if isinstance(c, ShardProgress))
-    assert progress.epoch == 0 and progress.finished  # 10 batches of 11 samples: shards finished, epoch not
+    assert [p for _, p in next(c for c in result.trainer.callbacks if isinstance(c, PathProbe)).paths] == [
+        f"{shards / f'{s:05d}.tar'}#s{s}_{i}" for s in range(4) for i in range(3) if (s, i) != (1, 1)][:10]
+
+    # resumed from the checkpoint of step 10 (5 batches: shards 0 and 1 finished), epoch 0 goes on with shards 2
+    # and 3 only, then epoch 1 reads everything again
+    ckpt = next(result.logdir.glob("checkpoints/*step=00000010.ckpt"))
+    resumed = main.main(["-r", str(ckpt), "--max_steps", "26"])
+    assert resumed.trainer.global_step == 26
+    paths = next(c for c in resumed.trainer.callbacks if isinstance(c, PathProbe)).paths
+    assert paths == [(0, f"{shards / f'{s:05d}.tar'}#s{s}_{i}") for s in (2, 3) for i in range(3)] + [
+        (1, f"{shards / '00000.tar'}#s0_0"), (1, f"{shards / '00000.tar'}#s0_1")]
+
+
+class PathProbe(Callback):
+    """Records `(epoch, url#key)` of every training sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[tuple[int, str]] = []
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.paths += [(trainer.current_epoch, path) for path in batch["path"]]

@@ -211,21 +211,23 @@ class ShardProgress(pl.Callback):
         super().__init__()
         self.epoch: int | None = None
         self.finished: set[str] = set()
+        self._trainer: pl.Trainer | None = None
 
-    @staticmethod
-    def _dataset(trainer: pl.Trainer) -> VidTokShardDataset | None:
-        dataset = getattr(trainer.datamodule, "datasets", {}).get("train")
-        return dataset if isinstance(dataset, VidTokShardDataset) else None
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def _hand_over(self) -> None:
+        """Give the epoch and its finished shards to the training dataset (if it is a shard dataset)."""
+        datasets = getattr(getattr(self._trainer, "datamodule", None), "datasets", {})
+        dataset = datasets.get("train")
+        if isinstance(dataset, VidTokShardDataset) and self.epoch is not None:
+            dataset.set_epoch(self.epoch)
+            dataset.finished_shards = set(self.finished)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.epoch != trainer.current_epoch:
             self.epoch, self.finished = trainer.current_epoch, set()
-        dataset = self._dataset(trainer)
-        if dataset is not None:
-            dataset.set_epoch(trainer.current_epoch)
-            dataset.finished_shards = set(self.finished)
-            if self.finished:
-                logger.info("epoch %d resumes after %d finished shard(s)", self.epoch, len(self.finished))
+        self._hand_over()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -240,5 +242,10 @@ class ShardProgress(pl.Callback):
         return {"epoch": self.epoch, "finished": sorted(self.finished)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning creates the resumed epoch's data iterator before any epoch hook runs (and skips
+        # on_train_epoch_start when it restarts mid-epoch), so the dataset learns the state now.
         self.epoch = state_dict["epoch"]
         self.finished = set(state_dict["finished"])
+        if self.finished:
+            logger.info("epoch %d resumes after %d finished shard(s)", self.epoch, len(self.finished))
+        self._hand_over()
