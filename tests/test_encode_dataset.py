@@ -1,15 +1,17 @@
 """`python -m vidtok encode-dataset`: every good video once with the tokens `encode` writes, bad ones in
-failed.csv, statistics that do not depend on the number of processes (2 gloo processes against 1), a restart after
-an interrupted write, shard input, and `decode --key`."""
+failed.csv, statistics that do not depend on the number of processes (2 gloo processes against 1), restarts after a
+torn part and after SIGKILL, shard input, and `decode --key`."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +190,39 @@ def test_input_flags_are_checked(data: Path, tmp_path: Path, capsys: pytest.Capt
     assert "--meta_path and --data_dir go together" in capsys.readouterr().err
     assert main(["encode-dataset", *model_flags(data, "fsq"), "-o", str(tmp_path)]) == 1
     assert "either --meta_path CSV --data_dir DIR or --shards PATTERN" in capsys.readouterr().err
+
+
+def test_a_killed_run_started_again_skips_the_inputs_already_written(data: Path, tmp_path: Path) -> None:
+    videos = tmp_path / "many"
+    videos.mkdir()
+    names = [f"v{i:02d}.mp4" for i in range(30)]
+    for name in names:
+        os.symlink(data / "videos" / "b.mp4", videos / name)
+    (videos / "list.csv").write_text("videos\n" + "".join(f"{n}\n" for n in names))
+    out = tmp_path / "out"
+    argv = ["encode-dataset", *model_flags(data, "fsq"), "-o", str(out), "--meta_path", str(videos / "list.csv"),
+            "--data_dir", str(videos), *FLAGS, "--accelerator", "cpu", "--samples_per_shard", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "vidtok", *argv], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        # one sample per part: part 3 exists once parts 0-2 are closed, i.e. complete on disk
+        while not (out / "part-0-00003.tar").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    before = written(out)
+    assert 3 <= len(before) < 30
+
+    assert main(argv) == 0
+    after = written(out)
+    assert sorted(after) == sorted(n[:-4] for n in names)  # every input once
+    new_parts = {p.name for p in out.glob("part-*.tar")} - {f"part-0-{n:05d}.tar" for n in range(len(before) + 1)}
+    new_keys = {key for key, _, _ in iter_token_samples(sorted(str(out / p) for p in new_parts))}
+    assert not new_keys & set(before)  # nothing written before the kill was encoded again
+    for key in before:
+        assert np.array_equal(before[key][0], after[key][0])
