@@ -27,6 +27,15 @@ PARAMS = {"input_height": 16, "input_width": 16, "sample_num_frames": 5, "sample
 SHARDS_CONFIG = REPO / "configs" / "examples" / "vidtok_kl_causal_tiny_shards.yaml"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    """Tiny tensors on a shared CPU: one thread is faster (see tests/test_training.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("shards")
@@ -128,7 +137,6 @@ def test_twenty_training_steps_from_shards_skip_and_count_a_broken_sample(shards
     }
     argv = ["-b", str(SHARDS_CONFIG), "--logdir", str(tmp_path), "-n", "shards", "--accelerator",
             "cpu", "--max_steps", "20", *(f"{k}={v}" for k, v in overrides.items())]
-    torch.set_num_threads(1)
     result = main.main(argv)
     assert result.trainer.global_step == 20
     assert float(result.trainer.callback_metrics["data/skipped_videos"]) == 1
