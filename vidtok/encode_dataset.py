@@ -190,8 +190,11 @@ class DatasetEncoder(pl.LightningModule):
         self._bar = tqdm(total=total, desc=f"rank {rank}", unit="video", position=rank)
         return DataLoader(inputs, batch_size=None, num_workers=0)
 
-    def predict_step(self, item: dict[str, Any], batch_idx: int) -> None:
+    def predict_step(self, item: dict[str, Any], batch_idx: int) -> str:
+        """Encode one input and write its sample (or record its failure); returns its key (Lightning warns about
+        steps that return None)."""
         args = self.args
+
         def encode(path: str):
             return encode_video(
                 self.model, path, input_height=args.input_height, input_width=args.input_width,
@@ -212,6 +215,7 @@ class DatasetEncoder(pl.LightningModule):
             self.stats.update(encoded.tokens)
             self.written += 1
         self._bar.update(1)
+        return item["key"]
 
     @property
     def writer(self) -> wds.ShardWriter:
