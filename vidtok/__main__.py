@@ -13,7 +13,7 @@ import argparse
 import logging
 import sys
 
-from vidtok.data.video_read import VideoReadError
+from vidtok.cli import add_debug_argument, check_output_file, entry_point
 from vidtok.inference import VideoWriter, add_precision_arguments, default_device, to_uint8
 from vidtok.tokens import LATENT_DTYPES, encode_video, iter_decoded_frames, load_model_for, load_tokens, save_tokens
 
@@ -57,43 +57,42 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
         add_precision_arguments(sub, stages=False)  # each command runs one stage
+        add_debug_argument(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+@entry_point
+def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     device = default_device() if args.device is None else args.device
-    try:
-        if args.command == "encode":
-            from vidtok.api import load_model_from_config
+    check_output_file(args.output, "--output")
+    if args.command == "encode":
+        from vidtok.api import load_model_from_config
 
-            model = load_model_from_config(args.config, args.ckpt).to(device).eval()
-            encoded = encode_video(
-                model, args.video, input_height=args.height, input_width=args.width, sample_fps=args.sample_fps,
-                chunk_size=args.chunk_size, read_long_video=args.read_long_video, tile_size=args.tile_size,
-                tile_overlap=args.tile_overlap, latent_dtype=args.latent_dtype, precision=args.precision,
-                device=device, config=args.config, ckpt=args.ckpt, progress=True,
-            )
-            path = save_tokens(encoded, args.output)
-            sys.stdout.write(
-                f"{encoded.kind} tokens {tuple(encoded.tokens.shape)} {encoded.tokens.dtype} "
-                f"for {encoded.num_frames} frames -> {path}\n"
-            )
-        else:
-            encoded = load_tokens(args.tokens)
-            model = load_model_for(encoded, args.config, args.ckpt).to(device)
-            frames = iter_decoded_frames(
-                model, encoded, tile_size=args.tile_size, tile_overlap=args.tile_overlap, precision=args.precision,
-                device=device, progress=True,
-            )
-            with VideoWriter(args.output, encoded.fps) as writer:
-                for video in frames:
-                    writer.write(to_uint8(video))
-            sys.stdout.write(f"{writer.num_frames} frames at {encoded.fps:g} fps -> {writer.path}\n")
-    except (FileNotFoundError, ValueError, VideoReadError) as err:
-        sys.stderr.write(f"error: {err}\n")
-        return 1
+        model = load_model_from_config(args.config, args.ckpt).to(device).eval()
+        encoded = encode_video(
+            model, args.video, input_height=args.height, input_width=args.width, sample_fps=args.sample_fps,
+            chunk_size=args.chunk_size, read_long_video=args.read_long_video, tile_size=args.tile_size,
+            tile_overlap=args.tile_overlap, latent_dtype=args.latent_dtype, precision=args.precision,
+            device=device, config=args.config, ckpt=args.ckpt, progress=True,
+        )
+        path = save_tokens(encoded, args.output)
+        sys.stdout.write(
+            f"{encoded.kind} tokens {tuple(encoded.tokens.shape)} {encoded.tokens.dtype} "
+            f"for {encoded.num_frames} frames -> {path}\n"
+        )
+    else:
+        encoded = load_tokens(args.tokens)
+        model = load_model_for(encoded, args.config, args.ckpt).to(device)
+        frames = iter_decoded_frames(
+            model, encoded, tile_size=args.tile_size, tile_overlap=args.tile_overlap, precision=args.precision,
+            device=device, progress=True,
+        )
+        with VideoWriter(args.output, encoded.fps) as writer:
+            for video in frames:
+                writer.write(to_uint8(video))
+        sys.stdout.write(f"{writer.num_frames} frames at {encoded.fps:g} fps -> {writer.path}\n")
     return 0
 
 
