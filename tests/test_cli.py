@@ -50,6 +50,7 @@ def fails(capsys, main, argv, *named: str) -> str:
     assert len(lines) == 1, err
     for name in named:
         assert str(name) in lines[0], lines[0]
+    print(lines[0])  # shown by `pytest -rP`: the message each failure prints
     return lines[0]
 
 

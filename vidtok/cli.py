@@ -1,11 +1,12 @@
 """The error boundary every command-line entry point runs inside, and the output checks they share.
 
 :func:`run` (or the :func:`entry_point` decorator) calls an entry point's `main(argv)`. A failure the user can fix
-(:class:`vidtok.errors.VidTokError` and the project's other user-facing errors, a file that is missing or cannot be
-written, a full disk, a YAML or OmegaConf error, a `ValueError` raised by vidtok's own checks) is printed as one
-`error: ...` line on stderr and exits 1; argparse usage errors keep their exit status 2; Ctrl-C exits 130. Anything
-else is a bug and keeps its traceback. `--debug` on the command line or `VIDTOK_DEBUG=1` shows the traceback of
-every failure.
+is printed as one `error: ...` line on stderr and exits 1: :class:`vidtok.errors.VidTokError` and the project's
+other user-facing errors, a file the OS reports missing or unwritable, a full disk, a YAML or OmegaConf error, and
+the `ValueError`, `FileNotFoundError` and `ImportError` that vidtok's own code raises (their messages are written
+for the user: a flag the model cannot take, a missing optional dependency). argparse usage errors keep their exit
+status 2; Ctrl-C exits 130. Anything else is a bug and keeps its traceback. `--debug` on the command line or
+`VIDTOK_DEBUG=1` shows the traceback of every failure.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def describe(err: BaseException) -> str | None:
         return f"invalid YAML: {_one_line(err)}"
     if isinstance(err, OmegaConfBaseException):
         return f"config: {_one_line(err)}"
-    if isinstance(err, (ValueError, FileNotFoundError)) and _raised_by_own_code(err):
+    if isinstance(err, (ValueError, FileNotFoundError, ImportError)) and _raised_by_own_code(err):
         return _one_line(err)
     return None
 

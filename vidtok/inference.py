@@ -227,9 +227,10 @@ def resolve_tiles(model, tile_size: int | None, tile_overlap: int | None = None)
 # --- memory ----------------------------------------------------------------------------------------------------
 
 # Peak activation memory of one clip through encoder and decoder (no gradients), in float32 values per pixel of the
-# clip (frames × height × width) per channel of the model's full-resolution level. Measured with
-# benchmarks/memory_estimate.py on the full-size 488 model (17×64² -> 17×128²: 5.3, 17x128² -> 17x192²: 5.6), rounded up.
-ACTIVATION_VALUES_PER_PIXEL_CHANNEL = 6
+# clip (frames × height × width) per channel of the model's full-resolution level. Measured on the CPU with
+# benchmarks/memory_estimate.py, full-size 488 KL model (width 128), peak resident set growth between clip sizes:
+# 17×32² -> 17×64²: 13.5, 17×64² -> 17×96²: 10.5; rounded up from the larger.
+ACTIVATION_VALUES_PER_PIXEL_CHANNEL = 14
 
 
 def activation_width(model) -> int:
