@@ -50,7 +50,8 @@ def fails(capsys, main, argv, *named: str) -> str:
     assert len(lines) == 1, err
     for name in named:
         assert str(name) in lines[0], lines[0]
-    print(lines[0])  # shown by `pytest -rP`: the message each failure prints
+    with capsys.disabled():
+        print(lines[0])  # shown by `pytest -s`: the message each failure prints
     return lines[0]
 
 
@@ -345,6 +346,13 @@ def test_training_frame_rule_is_checked_at_start_up(tmp_path, capsys):
     assert not (tmp_path / "logs").exists()
 
 
+def test_training_config_missing_or_invalid(tmp_path, capsys):
+    fails(capsys, train, ["-b", tmp_path / "none.yaml"], "none.yaml", "does not exist")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  params: {a: 1\n")
+    fails(capsys, train, ["-b", bad], "bad.yaml", "line 3, column 1")
+
+
 def test_training_unknown_target_in_the_data_section(tmp_path, capsys):
     overrides = [*tiny_overrides(tmp_path / "no_data"), "data.params.train.target=vidtok.data.vidtok.NoSuchDataset"]
     fails(capsys, train, ["-b", TINY_KL, "--logdir", tmp_path / "logs", *overrides],
@@ -386,6 +394,6 @@ def test_frames_too_large_for_memory_name_tile_size(tiny, video, tmp_path, capsy
             "--input_width", "4096"]
     line = fails(capsys, inference_reconstruct.main, argv, "4096×4096", "--tile_size", "8 GiB")
     suggested = int(line.split("--tile_size ")[1].split()[0])
-    need = vidtok.inference.estimate_peak_bytes(tiny[2], 17, suggested, suggested)
-    assert need <= 8 * 2**30
+    tiles = vidtok.inference.resolve_tiles(tiny[2], suggested)
+    vidtok.inference.check_memory(tiny[2], 17, 4096, 4096, tiles, "cpu")  # the suggested tiles fit
     assert not (tmp_path / "out").exists()

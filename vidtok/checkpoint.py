@@ -67,8 +67,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _first_line(err: Exception) -> str:
+    """The first sentence of a library's error: what went wrong, without its advice (ours follows)."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(err).__name__
 
 
 def drop_ignored(weights: dict[str, torch.Tensor], ignore_keys: Iterable[str]) -> dict[str, torch.Tensor]:

@@ -58,8 +58,11 @@ def _raised_by_own_code(err: BaseException) -> bool:
     return bool(frames) and str(Path(frames[-1].filename).resolve()).startswith(OWN_CODE)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(line.strip() for line in str(text).strip().splitlines() if line.strip())
+def _one_line(text: object) -> str:
+    """A multi-line message as one line; a line that ends without punctuation ends a sentence."""
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return " ".join(line if i == len(lines) - 1 or line[-1] in ".:;,!?" else f"{line}." for i, line in
+                    enumerate(lines))
 
 
 def _known_types() -> tuple[type[BaseException], ...]:

@@ -269,19 +269,26 @@ def check_memory(
     total = device_memory_bytes(device)
     if total is None:
         return
-    tile = min(tiles.size, height) if tiles is not None else None
-    need = estimate_peak_bytes(model, frames, tile or height, tile or width)
+    clip_bytes = 2 * 3 * frames * height * width * 4  # the clip and its reconstruction, which tiling keeps whole
+    tile = tiles.size if tiles is not None else None
+    if tile is None:
+        need = estimate_peak_bytes(model, frames, height, width)
+    else:
+        need = estimate_peak_bytes(model, frames, min(tile, height), min(tile, width)) + clip_bytes
     if need <= total:
         return
     f = model.spatial_downsample_factor
-    fits = int((total / estimate_peak_bytes(model, frames, 1, 1)) ** 0.5) // (2 * f) * f
-    what = f"tiles of {tile}×{tile}" if tile else f"frames of {height}×{width}"
-    suggestion = (
-        f"pass --tile_size {fits} or smaller" if fits >= f else "use fewer frames per clip (--chunk_size) as well"
-    )
+    room = total - clip_bytes
+    fits = int((max(room, 0) / estimate_peak_bytes(model, frames, 1, 1)) ** 0.5) // (2 * f) * f
+    what = f"{tile}×{tile} tiles" if tile else f"{height}×{width} frames"
+    if fits >= f:
+        tiled = estimate_peak_bytes(model, frames, fits, fits) + clip_bytes
+        suggestion = f"pass --tile_size {fits} or smaller (about {tiled / 2**30:.1f} GiB)"
+    else:
+        suggestion = "use fewer frames per clip (--chunk_size) and --tile_size"
     raise ConfigError(
         f"{frames}-frame clips of {what} need about {need / 2**30:.0f} GiB of activations with this model, more "
-        f"than the {total / 2**30:.0f} GiB of {torch.device(device).type}: {suggestion}"
+        f"than the {total / 2**30:.0f} GiB the {torch.device(device).type} has: {suggestion}"
     )
 
 

@@ -284,7 +284,10 @@ def check_clip_sizes(model: pl.LightningModule, data_config: DictConfig) -> None
             check(int(video_params.sample_num_frames), int(video_params.get("input_height", 0)) or None,
                   int(video_params.get("input_width", 0)) or None)
         except ValueError as err:
-            raise ConfigError(f"data.params.{split}.params.video_params: {err}") from err
+            raise ConfigError(
+                f"data.params.{split}.params.video_params: {err}; set sample_num_frames (and input_height, "
+                "input_width) to sizes the model takes"
+            ) from err
 
 
 def _loss_overrides(model_config: DictConfig) -> dict[str, Any]:
