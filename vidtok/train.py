@@ -277,12 +277,14 @@ def check_clip_sizes(model: pl.LightningModule, data_config: DictConfig) -> None
     if check is None:
         return
     for split, node in (data_config.get("params") or {}).items():
-        video_params = node.get("params", {}).get("video_params") if isinstance(node, DictConfig) else None
+        params = node.get("params") if isinstance(node, DictConfig) else None
+        video_params = (params or {}).get("video_params")
         if not video_params or "sample_num_frames" not in video_params:
             continue
+        height, width = (video_params.get(key) for key in ("input_height", "input_width"))
         try:
-            check(int(video_params.sample_num_frames), int(video_params.get("input_height", 0)) or None,
-                  int(video_params.get("input_width", 0)) or None)
+            check(int(video_params.sample_num_frames), None if height is None else int(height),
+                  None if width is None else int(width))
         except ValueError as err:
             raise ConfigError(
                 f"data.params.{split}.params.video_params: {err}; set sample_num_frames (and input_height, "
