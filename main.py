@@ -8,6 +8,8 @@ The flags are the original `main.py`'s; the work is done by `vidtok.train.train`
   over `lightning.trainer` in the YAML.
 - Runs go to `LOGDIR/{timestamp}_{config stem or -n name}{-f postfix}`; `-r RUN_DIR` (or `-r RUN_DIR/checkpoints/
   X.ckpt`) resumes that run, with its saved configs, from its newest `last*.ckpt`.
+- Errors the user can fix (a missing file, a bad config value, ...) print one `error: ...` line and exit 1;
+  `--debug` (or `VIDTOK_DEBUG=1`) shows the traceback instead (see `vidtok.cli`).
 - `--wandb` logs to Weights & Biases (`--wandb_offline`, `-d` or `WANDB_MODE=offline` keep it offline);
   TensorBoard otherwise.
 """
@@ -27,6 +29,7 @@ import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
+from vidtok.cli import run
 from vidtok.inference import str2bool
 from vidtok.train import (
     TrainResult,
@@ -79,7 +82,8 @@ def get_parser() -> argparse.ArgumentParser:
                         help="learning rate = base_learning_rate × accumulate × devices × batch size")
     parser.add_argument("--enable_tf32", default=True, **flag, help="allow TF32 on CUDA (default true)")
     parser.add_argument("-t", "--train", default=True, **flag, help="train (false: validate only)")
-    parser.add_argument("-d", "--debug", default=False, **flag, help="debug run (keeps wandb offline)")
+    parser.add_argument("-d", "--debug", default=False, **flag,
+                        help="debug run (keeps wandb offline); --debug also shows the traceback of an error")
     parser.add_argument("--wandb", default=False, **flag, help="log to Weights & Biases instead of TensorBoard")
     parser.add_argument("--wandb_entity", default=None)
     parser.add_argument("--wandb_project", default="vidtok")
@@ -167,4 +171,4 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run(main, sys.argv[1:]))

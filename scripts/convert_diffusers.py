@@ -15,7 +15,8 @@ import argparse
 import logging
 import sys
 
-from vidtok.interop.diffusers import DiffusersIncompatibleError, export_to_diffusers, import_from_diffusers
+from vidtok.cli import add_debug_argument, check_output_dir, check_output_file, entry_point
+from vidtok.interop.diffusers import export_to_diffusers, import_from_diffusers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,31 +33,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no_safetensors", action="store_true", help="export: write PyTorch .bin weights instead of safetensors"
     )
+    add_debug_argument(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+@entry_point
+def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.from_diffusers:
-            if args.config or args.ckpt:
-                parser.error("--from_diffusers imports a diffusers model: drop --config/--ckpt")
-            if not args.config_out:
-                parser.error("--from_diffusers needs --config_out for the vidtok config")
-            import_from_diffusers(args.from_diffusers, args.output, args.config_out)
-            print(f"[scripts.convert_diffusers] wrote {args.output} and {args.config_out}")
-        else:
-            if not (args.config and args.ckpt):
-                parser.error("export needs --config and --ckpt (or use --from_diffusers DIR to import)")
-            export_to_diffusers(
-                args.config, args.ckpt, args.output, use_ema=args.use_ema, safe_serialization=not args.no_safetensors
-            )
-            print(f"[scripts.convert_diffusers] wrote diffusers AutoencoderVidTok to {args.output}")
-    except (DiffusersIncompatibleError, FileNotFoundError, ImportError) as err:
-        print(f"[scripts.convert_diffusers] error: {err}", file=sys.stderr)
-        return 1
+    if args.from_diffusers:
+        if args.config or args.ckpt:
+            parser.error("--from_diffusers imports a diffusers model: drop --config/--ckpt")
+        if not args.config_out:
+            parser.error("--from_diffusers needs --config_out for the vidtok config")
+        check_output_file(args.output, "--output")
+        check_output_file(args.config_out, "--config_out")
+        import_from_diffusers(args.from_diffusers, args.output, args.config_out)
+        print(f"[scripts.convert_diffusers] wrote {args.output} and {args.config_out}")
+    else:
+        if not (args.config and args.ckpt):
+            parser.error("export needs --config and --ckpt (or use --from_diffusers DIR to import)")
+        check_output_dir(args.output, "--output")
+        export_to_diffusers(
+            args.config, args.ckpt, args.output, use_ema=args.use_ema, safe_serialization=not args.no_safetensors
+        )
+        print(f"[scripts.convert_diffusers] wrote diffusers AutoencoderVidTok to {args.output}")
     return 0
 
 

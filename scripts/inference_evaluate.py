@@ -15,6 +15,7 @@ import logging
 import sys
 
 from vidtok.api import load_model_from_config
+from vidtok.cli import add_debug_argument, check_output_dir, entry_point
 from vidtok.evaluate import evaluate, format_metrics, load_metric_networks
 from vidtok.inference import add_model_arguments, default_device, precision_from_args, str2bool
 from vidtok.metrics import METRIC_NAMES, parse_metrics
@@ -45,10 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--count_padded_frames", type=str2bool, nargs="?", const=True, default=True,
         help="score the repeated frames that pad each video's last clip, as the original does (default true)",
     )
+    add_debug_argument(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+@entry_point
+def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -57,35 +60,33 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     device = default_device() if args.device is None else args.device
+    if args.output is not None:
+        check_output_dir(args.output, "--output")
     print(f"[scripts.inference_evaluate] Evaluating model {args.ckpt}")
-    try:
-        lpips_model, i3d = load_metric_networks(metrics, device, args.i3d_path)
-        model = load_model_from_config(args.config, args.ckpt).to(device).eval()
-        result = evaluate(
-            model,
-            args.data_dir,
-            meta_path=args.meta_path,
-            input_height=args.input_height,
-            input_width=args.input_width,
-            sample_fps=args.sample_fps,
-            chunk_size=args.chunk_size,
-            num_frames_per_batch=args.num_frames_per_batch,
-            read_long_video=args.read_long_video,
-            metrics=metrics,
-            lpips_model=lpips_model,
-            i3d=i3d,
-            count_padded_frames=args.count_padded_frames,
-            sample_posterior=args.sample_posterior,
-            tile_size=args.tile_size,
-            tile_overlap=args.tile_overlap,
-            precision=precision_from_args(args),
-            seed=args.seed,
-            device=device,
-            progress=not args.no_progress,
-        )
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    lpips_model, i3d = load_metric_networks(metrics, device, args.i3d_path)
+    model = load_model_from_config(args.config, args.ckpt).to(device).eval()
+    result = evaluate(
+        model,
+        args.data_dir,
+        meta_path=args.meta_path,
+        input_height=args.input_height,
+        input_width=args.input_width,
+        sample_fps=args.sample_fps,
+        chunk_size=args.chunk_size,
+        num_frames_per_batch=args.num_frames_per_batch,
+        read_long_video=args.read_long_video,
+        metrics=metrics,
+        lpips_model=lpips_model,
+        i3d=i3d,
+        count_padded_frames=args.count_padded_frames,
+        sample_posterior=args.sample_posterior,
+        tile_size=args.tile_size,
+        tile_overlap=args.tile_overlap,
+        precision=precision_from_args(args),
+        seed=args.seed,
+        device=device,
+        progress=not args.no_progress,
+    )
     for video in result.failed:
         print(f"left out {video.path} ({video.status}): {video.reason}", file=sys.stderr)
     print(f"[scripts.inference_evaluate] {format_metrics(result.metrics)}")

@@ -13,9 +13,9 @@ import logging
 import sys
 
 from vidtok.api import load_model_from_config
-from vidtok.data.video_read import VideoReadError
+from vidtok.cli import add_debug_argument, check_output_dir, check_output_file, entry_point
 from vidtok.inference import add_model_arguments, default_device, precision_from_args, seed_everything, str2bool
-from vidtok.reconstruct import reconstruct_to_file
+from vidtok.reconstruct import output_path_for, reconstruct_to_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,39 +39,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--concate_input", type=str2bool, nargs="?", const=True, default=True,
         help="put the input beside the reconstruction (default true)",
     )
+    add_debug_argument(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+@entry_point
+def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     device = default_device() if args.device is None else args.device
+    check_output_dir(args.output_video_dir, "--output_video_dir")
+    check_output_file(output_path_for(args.input_video_path, args.output_video_dir), "output video")
     print(f"[scripts.inference_reconstruct] Evaluating model {args.ckpt}")
     model = load_model_from_config(args.config, args.ckpt).to(device).eval()
     seed_everything(args.seed)
-    try:
-        path, result = reconstruct_to_file(
-            model,
-            args.input_video_path,
-            args.output_video_dir,
-            concat_input=args.concate_input,
-            input_height=args.input_height,
-            input_width=args.input_width,
-            sample_fps=args.sample_fps,
-            chunk_size=args.chunk_size,
-            num_frames_per_batch=args.num_frames_per_batch,
-            read_long_video=args.read_long_video,
-            pad_gen_frames=args.pad_gen_frames,
-            sample_posterior=args.sample_posterior,
-            tile_size=args.tile_size,
-            tile_overlap=args.tile_overlap,
-            precision=precision_from_args(args),
-            device=device,
-            progress=not args.no_progress,
-        )
-    except (VideoReadError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    path, result = reconstruct_to_file(
+        model,
+        args.input_video_path,
+        args.output_video_dir,
+        concat_input=args.concate_input,
+        input_height=args.input_height,
+        input_width=args.input_width,
+        sample_fps=args.sample_fps,
+        chunk_size=args.chunk_size,
+        num_frames_per_batch=args.num_frames_per_batch,
+        read_long_video=args.read_long_video,
+        pad_gen_frames=args.pad_gen_frames,
+        sample_posterior=args.sample_posterior,
+        tile_size=args.tile_size,
+        tile_overlap=args.tile_overlap,
+        precision=precision_from_args(args),
+        device=device,
+        progress=not args.no_progress,
+    )
     print(f"Results saved in: {path}")
     print(f"[scripts.inference_reconstruct] Time taken: {result.seconds:.2f}s")
     return 0

@@ -15,11 +15,10 @@ import argparse
 import logging
 import sys
 
+from vidtok.cli import add_debug_argument, check_output_dir, check_output_file, entry_point
 from vidtok.data.token_shards import read_token_sample
-from vidtok.data.video_read import VideoReadError
 from vidtok.encode_dataset import add_arguments as add_encode_dataset_arguments
 from vidtok.encode_dataset import encode_dataset
-from vidtok.errors import VidTokError
 from vidtok.inference import VideoWriter, add_precision_arguments, default_device, to_uint8
 from vidtok.tokens import LATENT_DTYPES, encode_video, iter_decoded_frames, load_model_for, load_tokens, save_tokens
 
@@ -53,8 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("-c", "--config", default=None, help="model config (default: the one recorded in the file)")
     dec.add_argument("--ckpt", default=None, help="model checkpoint (default: the one recorded in the file)")
 
-    add_encode_dataset_arguments(commands.add_parser(
-        "encode-dataset", help="a dataset (CSV + files, or shards) -> token shards, on many processes"))
+    dataset = commands.add_parser(
+        "encode-dataset", help="a dataset (CSV + files, or shards) -> token shards, on many processes"
+    )
+    add_encode_dataset_arguments(dataset)
+    add_debug_argument(dataset)
 
     for sub in (enc, dec):
         sub.add_argument(
@@ -67,49 +69,49 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
         add_precision_arguments(sub, stages=False)  # each command runs one stage
+        add_debug_argument(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+@entry_point
+def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "encode-dataset":
-            summary = encode_dataset(args)
-            if summary is not None:
-                sys.stdout.write(f"{summary['written']} videos encoded, {summary['skipped']} already done, "
-                                 f"{summary['failed']} failed -> {args.output}\n")
-            return 0
-        device = default_device() if args.device is None else args.device
-        if args.command == "encode":
-            from vidtok.api import load_model_from_config
+    if args.command == "encode-dataset":
+        check_output_dir(args.output, "--output")
+        summary = encode_dataset(args)
+        if summary is not None:
+            sys.stdout.write(f"{summary['written']} videos encoded, {summary['skipped']} already done, "
+                             f"{summary['failed']} failed -> {args.output}\n")
+        return 0
+    device = default_device() if args.device is None else args.device
+    check_output_file(args.output, "--output")
+    if args.command == "encode":
+        from vidtok.api import load_model_from_config
 
-            model = load_model_from_config(args.config, args.ckpt).to(device).eval()
-            encoded = encode_video(
-                model, args.video, input_height=args.height, input_width=args.width, sample_fps=args.sample_fps,
-                chunk_size=args.chunk_size, read_long_video=args.read_long_video, tile_size=args.tile_size,
-                tile_overlap=args.tile_overlap, latent_dtype=args.latent_dtype, precision=args.precision,
-                device=device, config=args.config, ckpt=args.ckpt, progress=True,
-            )
-            path = save_tokens(encoded, args.output)
-            sys.stdout.write(
-                f"{encoded.kind} tokens {tuple(encoded.tokens.shape)} {encoded.tokens.dtype} "
-                f"for {encoded.num_frames} frames -> {path}\n"
-            )
-        else:
-            encoded = load_tokens(args.tokens) if args.key is None else read_token_sample(args.tokens, args.key)
-            model = load_model_for(encoded, args.config, args.ckpt).to(device)
-            frames = iter_decoded_frames(
-                model, encoded, tile_size=args.tile_size, tile_overlap=args.tile_overlap, precision=args.precision,
-                device=device, progress=True,
-            )
-            with VideoWriter(args.output, encoded.fps) as writer:
-                for video in frames:
-                    writer.write(to_uint8(video))
-            sys.stdout.write(f"{writer.num_frames} frames at {encoded.fps:g} fps -> {writer.path}\n")
-    except (FileNotFoundError, ValueError, VideoReadError, VidTokError) as err:
-        sys.stderr.write(f"error: {err}\n")
-        return 1
+        model = load_model_from_config(args.config, args.ckpt).to(device).eval()
+        encoded = encode_video(
+            model, args.video, input_height=args.height, input_width=args.width, sample_fps=args.sample_fps,
+            chunk_size=args.chunk_size, read_long_video=args.read_long_video, tile_size=args.tile_size,
+            tile_overlap=args.tile_overlap, latent_dtype=args.latent_dtype, precision=args.precision,
+            device=device, config=args.config, ckpt=args.ckpt, progress=True,
+        )
+        path = save_tokens(encoded, args.output)
+        sys.stdout.write(
+            f"{encoded.kind} tokens {tuple(encoded.tokens.shape)} {encoded.tokens.dtype} "
+            f"for {encoded.num_frames} frames -> {path}\n"
+        )
+    else:
+        encoded = load_tokens(args.tokens) if args.key is None else read_token_sample(args.tokens, args.key)
+        model = load_model_for(encoded, args.config, args.ckpt).to(device)
+        frames = iter_decoded_frames(
+            model, encoded, tile_size=args.tile_size, tile_overlap=args.tile_overlap, precision=args.precision,
+            device=device, progress=True,
+        )
+        with VideoWriter(args.output, encoded.fps) as writer:
+            for video in frames:
+                writer.write(to_uint8(video))
+        sys.stdout.write(f"{writer.num_frames} frames at {encoded.fps:g} fps -> {writer.path}\n")
     return 0
 
 

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 
+from vidtok.errors import CheckpointError, MissingFileError
+
 logger = logging.getLogger(__name__)
 
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(CheckpointError):
     """A checkpoint whose keys or shapes do not fit the model built from a config."""
 
 
@@ -23,27 +26,50 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     file. Pickles are opened with `weights_only=True`: a checkpoint cannot run code."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"checkpoint {str(path)!r} does not exist; download the official file into checkpoints/ "
             "(see checkpoints/README.md) or pass the right path"
         )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as err:  # safetensors reports a bad header or a short file as its own SafetensorError
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is not a readable .safetensors file ({_first_line(err)}); it is truncated "
+                "or corrupt: download or convert it again"
+            ) from err
     if path.suffix not in TORCH_SUFFIXES:
         known = ", ".join((*TORCH_SUFFIXES, ".safetensors"))
-        raise ValueError(f"checkpoint {str(path)!r}: unknown format; expected one of {known}")
+        raise CheckpointError(f"checkpoint {str(path)!r}: unknown format; expected one of {known}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" (it names {refused.group(1)})" if refused else ""
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds Python objects besides tensors{what}, which weights-only loading "
+            "refuses because unpickling them could run code; if you trust the file, load it yourself and save only "
+            "its state dict (torch.save(model.state_dict(), ...)) or convert it to .safetensors"
+        ) from err
     except Exception as err:
-        raise ValueError(f"checkpoint {str(path)!r} cannot be read as a weights-only torch file: {err}") from err
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} cannot be read as a weights-only torch file ({_first_line(err)}); it is "
+            "truncated or corrupt: download it again"
+        ) from err
     if isinstance(payload, Mapping) and "state_dict" in payload:
         payload = payload["state_dict"]
     if not isinstance(payload, Mapping) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
-        raise ValueError(f"checkpoint {str(path)!r} holds no state dict of tensors")
+        raise CheckpointError(f"checkpoint {str(path)!r} holds no state dict of tensors")
     # torch.compile'd modules save their weights under `_orig_mod.`
     return {k.replace("._orig_mod.", ".").removeprefix("_orig_mod."): v for k, v in payload.items()}
+
+
+def _first_line(err: Exception) -> str:
+    """The first sentence of a library's error: what went wrong, without its advice (ours follows)."""
+    text = str(err).strip()
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(err).__name__
 
 
 def drop_ignored(weights: dict[str, torch.Tensor], ignore_keys: Iterable[str]) -> dict[str, torch.Tensor]:

@@ -40,10 +40,12 @@ from typing import Any, Literal
 import torch
 from tqdm import tqdm
 
+from vidtok.cli import replace_atomically
 from vidtok.data.video_read import VideoReadError
 from vidtok.data.vidtok import VidTokValDataset
 from vidtok.inference import (
     check_frame_size,
+    check_memory,
     clip_length,
     iter_frame_chunks,
     reconstruct_clip,
@@ -116,19 +118,24 @@ class EvaluationResult:
         }
 
     def write(self, output_dir: str | Path) -> tuple[Path, Path]:
-        """Write `metrics_per_video.csv` and `metrics_summary.json` to `output_dir` (created if needed)."""
+        """Write `metrics_per_video.csv` and `metrics_summary.json` to `output_dir` (created if needed), each under
+        a temporary name renamed once complete, so a failure leaves no half-written file."""
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         names = [m for m in FRAME_METRICS if m in self.settings["metrics"]]
-        csv_path = out / CSV_NAME
-        with csv_path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["video", "status", "num_clips", "num_frames", "num_valid_frames", *names, "reason"])
-            for v in self.videos:
-                values = [f"{v.metrics[n]:.6f}" if n in v.metrics else "" for n in names]
-                writer.writerow([v.path, v.status, v.num_clips, v.num_frames, v.num_valid_frames, *values, v.reason])
-        json_path = out / JSON_NAME
-        json_path.write_text(json.dumps(self.summary(), indent=2) + "\n")
+
+        def write_csv(path: Path) -> None:
+            with path.open("w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["video", "status", "num_clips", "num_frames", "num_valid_frames", *names, "reason"])
+                for v in self.videos:
+                    values = [f"{v.metrics[n]:.6f}" if n in v.metrics else "" for n in names]
+                    writer.writerow([v.path, v.status, v.num_clips, v.num_frames, v.num_valid_frames, *values,
+                                     v.reason])
+
+        summary = json.dumps(self.summary(), indent=2) + "\n"
+        csv_path = replace_atomically(write_csv, out / CSV_NAME)
+        json_path = replace_atomically(lambda path: path.write_text(summary), out / JSON_NAME)
         return csv_path, json_path
 
 
@@ -248,6 +255,7 @@ def evaluate(
     tiles = resolve_tiles(model, tile_size, tile_overlap)
     length = clip_length(model, chunk)
     streaming = read_long_video and model.is_causal
+    check_memory(model, chunk if streaming else length, input_height, input_width, tiles, device)
     if streaming and not model.is_fsq and sample_posterior:
         logger.info("streaming decodes the KL posterior mean (the latents are not sampled)")
     dataset = VidTokValDataset(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,8 +29,10 @@ import av
 import numpy as np
 import torch
 
+from vidtok.cli import partial_path
 from vidtok.data.transforms import VidTokVideoTransform, pad_by_repeating_last
 from vidtok.data.video_read import VideoReadError, frame_interval, open_video, read_frames
+from vidtok.errors import ConfigError
 from vidtok.precision import PRECISIONS, Precision
 from vidtok.streaming import StreamingDecoder, StreamingEncoder
 from vidtok.tiling import Tiling, decode_tiled, encode_tiled
@@ -219,6 +222,74 @@ def resolve_tiles(model, tile_size: int | None, tile_overlap: int | None = None)
             f"{tile_size}, got {tile_overlap}"
         )
     return SpatialTiles(Tiling(tile_size, tile_overlap), Tiling(tile_size // f, tile_overlap // f))
+
+
+# --- memory ----------------------------------------------------------------------------------------------------
+
+# Peak activation memory of one clip through encoder and decoder (no gradients), in float32 values per pixel of the
+# clip (frames × height × width) per channel of the model's full-resolution level. Measured on the CPU with
+# benchmarks/memory_estimate.py, full-size 488 KL model (width 128), peak resident set growth between clip sizes:
+# 17×32² -> 17×64²: 13.5, 17×64² -> 17×96²: 10.5; rounded up from the larger.
+ACTIVATION_VALUES_PER_PIXEL_CHANNEL = 14
+
+
+def activation_width(model) -> int:
+    """Channels of the decoder's full-resolution level (its last convolution's input), which sets the peak."""
+    return int(model.get_last_layer().shape[1])
+
+
+def estimate_peak_bytes(model, frames: int, height: int, width: int) -> int:
+    """Activation memory one clip of `frames` frames of `height × width` needs in float32, by the per-pixel
+    estimate above (the weights come on top)."""
+    return ACTIVATION_VALUES_PER_PIXEL_CHANNEL * activation_width(model) * frames * height * width * 4
+
+
+def device_memory_bytes(device: torch.device | str) -> int | None:
+    """Total memory of `device`: the GPU's, or the machine's physical memory for the CPU (None if unknown)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+def check_memory(
+    model, frames: int, height: int, width: int, tiles: SpatialTiles | None, device: torch.device | str
+) -> None:
+    """Stop before allocating when one clip (or, with `tiles`, one tile of it) would need more memory than
+    `device` has, with an error that names `--tile_size` and a tile size that fits.
+
+    Raises:
+        ConfigError: the clip does not fit.
+    """
+    total = device_memory_bytes(device)
+    if total is None:
+        return
+    clip_bytes = 2 * 3 * frames * height * width * 4  # the clip and its reconstruction, which tiling keeps whole
+    tile = tiles.size if tiles is not None else None
+    if tile is None:
+        need = estimate_peak_bytes(model, frames, height, width)
+    else:
+        need = estimate_peak_bytes(model, frames, min(tile, height), min(tile, width)) + clip_bytes
+    if need <= total:
+        return
+    f = model.spatial_downsample_factor
+    room = total - clip_bytes
+    fits = int((max(room, 0) / estimate_peak_bytes(model, frames, 1, 1)) ** 0.5) // (2 * f) * f
+    what = f"{tile}×{tile} tiles" if tile else f"{height}×{width} frames"
+    if fits >= f:
+        tiled = estimate_peak_bytes(model, frames, fits, fits) + clip_bytes
+        suggestion = f"pass --tile_size {fits} or smaller (about {tiled / 2**30:.1f} GiB)"
+    else:
+        suggestion = "use fewer frames per clip (--chunk_size) and --tile_size"
+    raise ConfigError(
+        f"{frames}-frame clips of {what} need about {need / 2**30:.0f} GiB of activations with this model, more "
+        f"than the {total / 2**30:.0f} GiB the {torch.device(device).type} has: {suggestion}"
+    )
 
 
 # --- running the model ---------------------------------------------------------------------------------------------
@@ -474,9 +545,10 @@ class VideoWriter:
     """Write uint8 frames `[t, H, W, 3]` to a video a chunk at a time, with PyAV (H.264, yuv420p, encoder
     defaults: what `torchvision.io.write_video` did). `options` go to the encoder, e.g. `{"crf": "18"}`.
 
-    The file is created at the first :meth:`write` (its frames fix the size, which must be even for yuv420p) and
-    completed by :meth:`close`; use it as a context manager, which removes the half-written file if the block
-    raises::
+    The file is created at the first :meth:`write` (its frames fix the size, which must be even for yuv420p) under
+    a hidden temporary name beside `path`, and renamed to `path` by :meth:`close`, so a failure (a full disk, an
+    error in the frames' producer) never leaves a half-written video; use it as a context manager, which removes
+    the temporary file if the block raises::
 
         with VideoWriter("out.mp4", fps=30) as writer:
             for frames in chunks:
@@ -505,7 +577,7 @@ class VideoWriter:
             if H % 2 or W % 2:
                 raise ValueError(f"H.264 (yuv420p) needs an even frame size, got {H}×{W}")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._container = av.open(str(self.path), mode="w")
+            self._container = av.open(str(partial_path(self.path)), mode="w")
             self._stream = self._container.add_stream(self.codec, rate=self.rate)
             self._stream.width, self._stream.height = W, H
             self._stream.pix_fmt = "yuv420p"
@@ -518,24 +590,30 @@ class VideoWriter:
         self.num_frames += frames.shape[0]
 
     def close(self) -> None:
-        """Flush the encoder and close the file (nothing is written if no frame was)."""
+        """Flush the encoder, close the file and give it its name (nothing is written if no frame was)."""
         if self._container is None:
             return
         try:
             for packet in self._stream.encode():
                 self._container.mux(packet)
-        finally:
             self._container.close()
-            self._container = self._stream = None
+        except BaseException:
+            self.discard()
+            raise
+        self._container = self._stream = None
+        os.replace(partial_path(self.path), self.path)
 
     def discard(self) -> None:
-        """Close and delete the file, if this writer created one."""
-        created = self._container is not None
+        """Close and delete the half-written file, if this writer created one."""
+        container, self._container, self._stream = self._container, None, None
+        if container is None:
+            return
         try:
-            self.close()
+            container.close()
+        except Exception as err:  # the file goes anyway; the failure that led here is the one to report
+            logger.debug("closing the discarded %s failed: %s", self.path, err)
         finally:
-            if created:
-                self.path.unlink(missing_ok=True)
+            partial_path(self.path).unlink(missing_ok=True)
 
     def __enter__(self) -> VideoWriter:
         return self

@@ -49,6 +49,7 @@ from vidtok.inference import (
     SpatialTiles,
     VideoWriter,
     check_frame_size,
+    check_memory,
     clip_length,
     iter_clips,
     iter_frame_chunks,
@@ -139,7 +140,8 @@ class VideoReconstructor:
 
     Raises:
         VideoReadError: the video is missing, unreadable, empty or its frame rate is too low for `sample_fps`.
-        ValueError: a frame size, clip length or tile size the model cannot take (naming the flag).
+        ValueError: a frame size, clip length or tile size the model cannot take (naming the flag), or clips too
+            large for the device's memory (naming `--tile_size`).
     """
 
     def __init__(
@@ -184,6 +186,8 @@ class VideoReconstructor:
             self.plan = plan_clips(video_path, sample_fps, long_clip=lambda n: long_clip_length(model, n, self.chunk))
         else:
             self.plan = plan_clips(video_path, sample_fps, length=clip_length(model, self.chunk))
+        check_memory(model, self.chunk if self.streaming else self.plan.length, input_height, input_width, self.tiles,
+                     self.device)
 
     @property
     def num_frames(self) -> int:

@@ -42,7 +42,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from vidtok.util import get_obj_from_str
+from vidtok.errors import ConfigError
+from vidtok.util import check_config_targets, get_obj_from_str, read_yaml_config
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def load_config(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> D
     """Merge YAML files left to right, then `key.sub=value` overrides (a leading `--` is allowed)."""
     if not paths:
         raise ValueError("no config given: pass one or more YAML files with -b/--base")
-    configs = [OmegaConf.load(str(p)) for p in paths]
+    configs = [read_yaml_config(p) for p in paths]
     dotlist = [o[2:] if o.startswith("--") else o for o in overrides]
     bad = [o for o in dotlist if "=" not in o]
     if bad:
@@ -265,6 +266,42 @@ def save_configs(cfgdir: Path, now: str, config: DictConfig, lightning_config: D
 # --- train ------------------------------------------------------------------------------------------------------------
 
 
+def check_clip_sizes(model: pl.LightningModule, data_config: DictConfig) -> None:
+    """Check every dataset's `video_params` (`sample_num_frames`, `input_height`, `input_width`) against the
+    model's frame rules at start-up, so a clip length the model cannot take stops the run before the first step.
+
+    Raises:
+        ConfigError: naming the config key to change.
+    """
+    check = getattr(model, "check_clip_size", None)
+    if check is None:
+        return
+    for split, node in (data_config.get("params") or {}).items():
+        params = node.get("params") if isinstance(node, DictConfig) else None
+        video_params = (params or {}).get("video_params")
+        if not video_params or "sample_num_frames" not in video_params:
+            continue
+        height, width = (video_params.get(key) for key in ("input_height", "input_width"))
+        try:
+            check(int(video_params.sample_num_frames), None if height is None else int(height),
+                  None if width is None else int(width))
+        except ValueError as err:
+            raise ConfigError(
+                f"data.params.{split}.params.video_params: {err}; set sample_num_frames (and input_height, "
+                "input_width) to sizes the model takes"
+            ) from err
+
+
+def _loss_overrides(model_config: DictConfig) -> dict[str, Any]:
+    """Without a perceptual term (`perceptual_weight: 0`) LPIPS is never run, so its pretrained weights are not
+    needed: build it with random ones unless the config says otherwise."""
+    params = (model_config.get("params") or {}).get("loss_config", {}).get("params") or {}
+    if "perceptual_weight" in params and float(params.perceptual_weight) == 0 and "lpips_pretrained" not in params:
+        logger.info("perceptual_weight is 0: LPIPS is not used, so its pretrained weights are not loaded")
+        return {"lpips_pretrained": False}
+    return {}
+
+
 @dataclass
 class WandbOptions:
     project: str = "vidtok"
@@ -403,10 +440,13 @@ def train(
     if "precision" in trainer_kwargs:
         trainer_kwargs["precision"] = resolve_precision(trainer_kwargs["precision"], kind)
 
+    for section in ("model", "data"):
+        check_config_targets(_container(config[section]), section, lightning_target)
     model = instantiate(_container(config.model))
+    check_clip_sizes(model, config.data)
     # Build the loss now: a missing LPIPS weight file must stop the run before any data is read.
     if callable(getattr(model, "build_loss", None)):
-        model.build_loss()
+        model.build_loss(**_loss_overrides(config.model))
     model.learning_rate = _learning_rate(config, trainer_kwargs, kind, scale_lr)
 
     validates = bool(config.data.get("params", {}).get("validation")) and trainer_kwargs.get("limit_val_batches") != 0

@@ -1,31 +1,172 @@
-"""Building objects from `target:`/`params:` config nodes, the convention every VidTok YAML follows."""
+"""Building objects from `target:`/`params:` config nodes, the convention every VidTok YAML follows, and reading
+those YAML files with errors that name the file, the line or the config key."""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from vidtok.errors import ConfigError, MissingFileError, UnknownTargetError
 
 
 def get_obj_from_str(path: str) -> Any:
     """Import `package.module.Name` and return `Name`, with an error that says what could not be found."""
     module_name, _, attr = path.rpartition(".")
     if not module_name:
-        raise ValueError(f"target {path!r} is not a dotted path such as 'vidtok.modules.regularizers.FSQRegularizer'")
+        raise UnknownTargetError(
+            f"target {path!r} is not a dotted path such as 'vidtok.modules.regularizers.FSQRegularizer'"
+        )
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
-        raise ImportError(f"unknown target {path!r}: module {module_name!r} cannot be imported ({err})") from err
+        raise UnknownTargetError(f"unknown target {path!r}: module {module_name!r} cannot be imported ({err})") from err
     try:
         return getattr(module, attr)
     except AttributeError as err:
-        raise ImportError(f"unknown target {path!r}: module {module_name!r} has no attribute {attr!r}") from err
+        raise UnknownTargetError(f"unknown target {path!r}: module {module_name!r} has no attribute {attr!r}") from err
 
 
 def instantiate_from_config(config: Mapping, **overrides: Any) -> Any:
     """Call `config["target"]` with `config["params"]` (plus `overrides`, which win)."""
     if "target" not in config:
-        raise KeyError(f"config node has no 'target' key (keys: {sorted(config)}); every built object needs one")
+        raise ConfigError(f"config node has no 'target' key (keys: {sorted(config)}); every built object needs one")
     params = dict(config.get("params") or {})
     params.update(overrides)
     return get_obj_from_str(config["target"])(**params)
+
+
+def read_yaml_config(path: str | Path) -> DictConfig:
+    """Load a YAML config with OmegaConf; a missing file or a syntax error (with its line and column) is a
+    :class:`~vidtok.errors.VidTokError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"config {str(path)!r} does not exist; the official configs are in configs/")
+    try:
+        return OmegaConf.load(path)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"config {str(path)!r} is not valid YAML{where}: {err.problem or err.context}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {str(path)!r} is not valid YAML: {err}") from err
+
+
+# Parameter annotations checked against config values; others (tensors, callables, nested types) are not checked.
+_SIMPLE_TYPES: dict[Any, tuple[type, ...]] = {
+    int: (int,),
+    float: (int, float),
+    bool: (bool,),
+    str: (str,),
+    list: (list, tuple),
+    tuple: (list, tuple),
+    Sequence: (list, tuple),
+    dict: (dict, Mapping),
+    Mapping: (dict, Mapping),
+}
+
+
+def _accepted_types(hint: Any) -> tuple[type, ...] | None:
+    """The value types a parameter annotation accepts, or None when it is not one we check."""
+    if hint is None or hint is type(None):
+        return (type(None),)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        accepted: tuple[type, ...] = ()
+        for arg in typing.get_args(hint):
+            arg_types = _accepted_types(arg)
+            if arg_types is None:
+                return None
+            accepted += arg_types
+        return accepted
+    return _SIMPLE_TYPES.get(origin if origin is not None else hint)
+
+
+def _signature_source(obj: Callable) -> Callable:
+    """The callable whose parameters `obj` really takes: a class whose `__init__` only forwards `**params` to its
+    base (`EncoderCausal3DPadding(**params)` -> `VideoEncoder`) is checked against the base's `__init__`."""
+    if not inspect.isclass(obj):
+        return obj
+    for cls in obj.__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            kinds = {p.kind for n, p in inspect.signature(init).parameters.items() if n != "self"}
+        except (TypeError, ValueError):
+            return obj
+        if kinds != {inspect.Parameter.VAR_KEYWORD}:
+            return init
+    return obj
+
+
+def _check_params(obj: Callable, params: Mapping[str, Any], where: str, target: str) -> None:
+    source = _signature_source(obj)
+    try:
+        signature = inspect.signature(source)
+    except (TypeError, ValueError):
+        return
+    parameters = {n: p for n, p in signature.parameters.items() if n != "self"}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    names = [n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    try:
+        hints = typing.get_type_hints(source.__init__ if inspect.isclass(source) else source)
+    except Exception:  # an annotation that does not resolve at run time: leave the types unchecked
+        hints = {}
+    for name, value in params.items():
+        if name not in parameters:
+            if not takes_any:
+                raise ConfigError(
+                    f"{where}.params.{name}: {target} has no parameter {name!r}; it takes {', '.join(names)}"
+                )
+            continue
+        accepted = _accepted_types(hints.get(name))
+        if accepted is None or value is None and parameters[name].default is None:
+            continue
+        wrong_bool = isinstance(value, bool) and bool not in accepted
+        if wrong_bool or not isinstance(value, accepted):
+            expected = " or ".join(sorted({t.__name__ for t in accepted}))
+            raise ConfigError(
+                f"{where}.params.{name}: {target} expects {expected}, got {value!r} ({type(value).__name__})"
+            )
+
+
+def check_config_targets(
+    node: Any, where: str, resolve_target: Callable[[str], str] = str, source: str | None = None
+) -> None:
+    """Import every `target` under `node` (a resolved config container at key `where`, e.g. `model`) and check
+    its `params` against the target's signature (unknown names, simple annotated types), before anything is built,
+    so the error names the config key (`model.params.encoder_config.target`) instead of failing deep inside the
+    constructor. `resolve_target` maps a target before import (Lightning's package aliases); `source` (the
+    config file) goes in front of the message.
+
+    Raises:
+        UnknownTargetError: for a target that cannot be imported.
+        ConfigError: for a parameter the target does not take or a value of the wrong type.
+    """
+    prefix = f"config {source!r}: " if source else ""
+    if isinstance(node, Mapping):
+        if "target" in node:
+            target = resolve_target(str(node["target"]))
+            try:
+                obj = get_obj_from_str(target)
+            except UnknownTargetError as err:
+                raise UnknownTargetError(f"{prefix}{where}.target: {err}") from err
+            params = node.get("params") or {}
+            if isinstance(params, Mapping):
+                try:
+                    _check_params(obj, params, where, target)
+                except ConfigError as err:
+                    raise ConfigError(f"{prefix}{err}") from err
+        for key, value in node.items():
+            check_config_targets(value, f"{where}.{key}", resolve_target, source)
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            check_config_targets(value, f"{where}[{i}]", resolve_target, source)

@@ -35,6 +35,7 @@ from vidtok.data.video_read import (
     read_strided_frames,
     strided_frame_indices,
 )
+from vidtok.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,12 @@ def read_meta_csv(meta_path: str) -> pd.DataFrame:
     """
     if not os.path.isfile(meta_path):
         raise FileNotFoundError(f"meta CSV {meta_path!r} does not exist; check the dataset's meta_path")
-    metadata = pd.read_csv(meta_path, on_bad_lines="skip", encoding="ISO-8859-1", engine="python", sep=",")
+    try:
+        metadata = pd.read_csv(meta_path, on_bad_lines="skip", encoding="ISO-8859-1", engine="python", sep=",")
+    except pd.errors.EmptyDataError as err:
+        raise DataError(
+            f"meta CSV {meta_path!r} is empty; it needs a 'videos' column header and one video path per row"
+        ) from err
     if "videos" not in metadata.columns:
         raise ValueError(
             f"meta CSV {meta_path!r} has no 'videos' column (columns: {list(metadata.columns)}); "
@@ -316,12 +322,17 @@ class VidTokValDataset(Dataset):
         """Video paths from the CSV, or a sorted recursive ``*.mp4`` glob of ``data_dir``."""
         if self.meta_path is not None:
             metadata = read_meta_csv(self.meta_path).dropna()
+            if metadata.empty:
+                raise DataError(f"meta CSV {self.meta_path!r} lists no videos (no row with every column filled)")
             return _paths_from_meta(self.data_dir, metadata, self.meta_path)
         if not os.path.isdir(self.data_dir):
             raise FileNotFoundError(f"data_dir {self.data_dir!r} is not a directory")
         paths = sorted(glob.glob(os.path.join(self.data_dir, "**", "*.mp4"), recursive=True))
         if not paths:
-            raise ValueError(f"no *.mp4 files under data_dir {self.data_dir!r} (searched recursively)")
+            raise DataError(
+                f"no *.mp4 files under data_dir {self.data_dir!r} (searched recursively); point --data_dir at a "
+                "folder of .mp4 videos or list them in a CSV with --meta_path"
+            )
         return paths
 
     def _index_video(self, path: str) -> None:

@@ -164,8 +164,13 @@ class AutoencodingEngine(TrainingMixin, pl.LightningModule):
         B, C, T, H, W = x.shape
         if C != self.encoder.in_channels:
             raise ValueError(f"the model takes {self.encoder.in_channels}-channel video, got {C} channels")
+        self.check_clip_size(T, H, W)
+
+    def check_clip_size(self, T: int, H: int | None = None, W: int | None = None) -> None:
+        """Raise a ValueError unless clips of `T` frames of `H×W` fit the model's frame rules (sizes left out
+        are not checked)."""
         f = self.spatial_downsample_factor
-        if H % f or W % f:
+        if H is not None and W is not None and (H % f or W % f):
             raise ValueError(f"height and width must be multiples of {f} for this model, got {H}×{W}")
         tdf = self.time_downsample_factor
         layout = self.encoder.layout
