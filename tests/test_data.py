@@ -10,9 +10,11 @@ import importlib.util
 import logging
 import os
 import random
+from fractions import Fraction
 from pathlib import Path
 
 import av
+import decord
 import numpy as np
 import pytest
 import torch
@@ -26,6 +28,7 @@ from vidtok.data.video_read import (
     frame_interval,
     open_video,
     read_clip,
+    read_frames,
     read_strided_frames,
     sample_frame_indices,
     strided_frame_indices,
@@ -160,6 +163,144 @@ def test_grayscale_video_reads_as_rgb(tmp_path: Path) -> None:
     frames, _ = read_clip(str(gray), 4, 30, start_index=0)
     assert frames.dtype == torch.uint8 and frames.shape == (4, 48, 64, 3)
     assert torch.equal(frames[..., 0], frames[..., 1]) and torch.equal(frames[..., 0], frames[..., 2])
+
+
+def write_marked_video(path: Path, rotation: int = 0, pix_fmt: str = "yuv420p", pts_ms: list[int] | None = None,
+                       num_frames: int = 6, size: tuple[int, int] = (48, 64)) -> Path:
+    """Frames whose stored top-left quadrant is white on a grey background of level ``30*i`` (frame ``i``).
+
+    ``rotation`` (degrees counter-clockwise) goes into the stream's display matrix as a phone writes it;
+    ``pts_ms`` gives the frames irregular timestamps (variable frame rate).
+    """
+    height, width = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if rotation:
+            stream.set_display_rotation(rotation)
+        if pts_ms is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for i in range(num_frames):
+            image = np.full((height, width, 3), 30 * i, np.uint8)
+            image[: height // 2, : width // 2] = 255
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            if pts_ms is not None:
+                frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def quadrant_means(frame: torch.Tensor) -> dict[tuple[int, int], float]:
+    """Mean grey level of each quadrant of an ``[H, W, 3]`` frame, keyed (row, column), 0 = top/left."""
+    h, w = frame.shape[0] // 2, frame.shape[1] // 2
+    grey = frame.float().mean(-1)
+    return {(r, c): float(grey[r * h : (r + 1) * h, c * w : (c + 1) * w].mean()) for r in (0, 1) for c in (0, 1)}
+
+
+def bright_quadrant(frame: torch.Tensor) -> tuple[int, int]:
+    means = quadrant_means(frame)
+    return max(means, key=means.get)
+
+
+def frame_numbers(frames: torch.Tensor) -> list[int]:
+    """Which source frame each of ``[T, H, W, 3]`` is, from the grey level (``30*i``) of its darkest quadrant."""
+    return [round(min(quadrant_means(frame).values()) / 30) for frame in frames]
+
+
+# The stored top-left quadrant, turned counter-clockwise by the display rotation: where a player shows it.
+UPRIGHT_QUADRANT = {0: (0, 0), 90: (1, 0), 180: (1, 1), 270: (0, 1)}
+
+
+def assert_upright(frames: torch.Tensor, rotation: int, size: tuple[int, int] = (48, 64)) -> None:
+    height, width = size if rotation in (0, 180) else size[::-1]
+    assert frames.shape[1:] == (height, width, 3)
+    for frame in frames:
+        assert bright_quadrant(frame) == UPRIGHT_QUADRANT[rotation]
+
+
+@pytest.mark.parametrize("rotation", [0, 90, 180, 270])
+def test_rotated_videos_come_out_upright(tmp_path: Path, rotation: int) -> None:
+    path = write_marked_video(tmp_path / f"phone{rotation}.mp4", rotation=rotation)
+    frames, _ = read_clip(str(path), 6, 30, start_index=0)
+    assert_upright(frames, rotation)
+    # the grey level says which frame each is: all six, in order
+    assert frame_numbers(frames) == [0, 1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("fail_at", ["open", "decode"])
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_pyav_reads_what_decord_cannot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rotation: int,
+                                       fail_at: str) -> None:
+    path = write_marked_video(tmp_path / "phone.mp4", rotation=rotation)
+    real_reader = decord.VideoReader
+
+    class FailingReader:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            if fail_at == "open":
+                raise decord.DECORDError("cannot open")
+            self.reader = real_reader(*args, **kwargs)
+
+        def __len__(self) -> int:
+            return len(self.reader)
+
+        def get_avg_fps(self) -> float:
+            return self.reader.get_avg_fps()
+
+        def get_batch(self, indices: list[int]) -> None:
+            raise decord.DECORDError("Check failed: from_size == to_size")
+
+    monkeypatch.setattr(video_read.decord, "VideoReader", FailingReader)
+    video = open_video(str(path))
+    frames = read_frames(video, [5, 0, 3], str(path))
+    assert video.backend == "pyav"
+    assert_upright(frames, rotation)
+    assert frame_numbers(frames) == [5, 0, 3]
+
+
+def test_rotated_phone_video_decord_rejects_is_read_with_pyav(tmp_path: Path) -> None:
+    path = write_marked_video(tmp_path / "portrait.mp4", rotation=90)
+    # the premise: decord opens this file but its buffer-size check fails on every frame
+    with pytest.raises(decord.DECORDError, match="size must exactly match"):
+        decord.VideoReader(str(path)).get_batch([0])
+    video = open_video(str(path))
+    frames = read_frames(video, range(len(video)), str(path))
+    assert video.backend == "pyav" and len(video) == 6 and video.get_avg_fps() == 30
+    assert_upright(frames, 90)
+
+
+def test_ten_bit_and_variable_frame_rate_videos(tmp_path: Path) -> None:
+    ten_bit = write_marked_video(tmp_path / "ten.mp4", pix_fmt="yuv420p10le")
+    with av.open(str(ten_bit)) as container:
+        assert container.streams.video[0].codec_context.pix_fmt == "yuv420p10le"
+    frames, _ = read_clip(str(ten_bit), 6, 30, start_index=0)
+    assert_upright(frames, 0)
+    assert frame_numbers(frames) == [0, 1, 2, 3, 4, 5]
+
+    pts = [0, 33, 50, 120, 133, 300]
+    vfr = write_marked_video(tmp_path / "vfr.mp4", pts_ms=pts)
+    with av.open(str(vfr)) as container:
+        stream = container.streams.video[0]
+        gaps = np.diff([frame.pts for frame in container.decode(stream)])
+        average_rate = float(stream.average_rate)
+    assert len(set(gaps.tolist())) > 2  # really irregular
+    for video in (open_video(str(vfr)), video_read.PyAVVideo(str(vfr))):
+        assert len(video) == 6
+        assert video.get_avg_fps() == pytest.approx(average_rate)
+        frames = torch.from_numpy(video.get_batch([4, 1, 2, 5]))
+        assert frame_numbers(frames) == [4, 1, 2, 5]
+
+
+def test_unreadable_message_names_both_decoders_and_what_to_do(tmp_path: Path) -> None:
+    text = tmp_path / "notes.mp4"
+    text.write_text("these are my notes, not a video\n")
+    with pytest.raises(VideoReadError) as err:
+        open_video(str(text))
+    message = str(err.value)
+    assert "notes.mp4" in message and "decord could not open it" in message and "PyAV could not open it" in message
+    assert "re-encoding it" in message and "\n" not in message
 
 
 def test_read_strided_frames(example_video: Path) -> None:
