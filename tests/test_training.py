@@ -44,6 +44,7 @@ from vidtok.train import (
     resolve_strategy,
     run_name,
 )
+from vidtok.util import instantiate_from_config
 
 PROBE = "lightning.callbacks.probe.target=training_utils.StateProbe"
 
@@ -314,6 +315,47 @@ def test_lit_ema_update_rule_and_names() -> None:
     assert int(ema.num_updates) == 1
     with pytest.raises(ValueError, match="decay"):
         LitEma(net, decay=1.5)
+
+
+# --- logging under several devices -----------------------------------------------------------------------------------
+
+
+def test_every_logged_tensor_is_on_the_module_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NCCL all-reduces only CUDA tensors, so one CPU tensor among the synced logs crashes multi-GPU validation. The
+    `meta` device stands in for CUDA here: every op of the model and loss runs on it (shapes only, no numbers)."""
+    config = OmegaConf.load(TINY_KL).model
+    model = instantiate_from_config(config)
+    model.build_loss(lpips_pretrained=False)
+    model = model.to("meta")
+    # the LeCam EMAs are Python floats updated with .item() (as in the original), which meta tensors cannot give;
+    # they are not logged, so the update is left out
+    monkeypatch.setattr(model.loss.lecam_ema, "update", lambda logits_real, logits_fake: None)
+    logged: dict[str, Any] = {}
+
+    def log_dict(values: dict[str, Any], **kwargs: Any) -> None:
+        logged.update(values)
+
+    monkeypatch.setattr(model, "log_dict", log_dict)
+    monkeypatch.setattr(model, "log", lambda name, value, **kwargs: log_dict({name: value}))
+
+    def assert_on_module_device(log: dict[str, Any], where: str) -> None:
+        assert log, where
+        off = {k: v.device for k, v in log.items() if isinstance(v, torch.Tensor) and v.device.type != "meta"}
+        assert not off, f"{where}: tensors not on the module's device: {off}"
+
+    x = torch.zeros(1, 3, 9, 32, 32, device="meta")  # [B, C, T, H, W]
+    _, xrec, reg_log = model(x)
+    disc_start = model.loss.discriminator_iter_start
+    for optimizer_idx in (0, 1):
+        for step in (0, disc_start):  # before and after the GAN terms switch on
+            _, log = model.loss(reg_log, x, xrec, optimizer_idx, step, last_layer=model.get_last_layer(),
+                                split="train")
+            assert_on_module_device(log, f"loss branch {optimizer_idx} at step {step}")
+    model.eval()
+    with torch.no_grad():
+        model.validation_step({"jpg": x}, 0)
+    assert {"val/disc_factor", "val/psnr", "val/lecam_loss", "val/rec_loss"} <= set(logged)
+    assert_on_module_device(logged, "validation_step")
 
 
 # --- command line pieces ----------------------------------------------------------------------------------------------
