@@ -33,7 +33,8 @@ from vidtok.data.video_read import (
     sample_frame_indices,
     strided_frame_indices,
 )
-from vidtok.data.vidtok import VidTokDataset, VidTokValDataset
+from vidtok.data.vidtok import NoUsableVideosError, VidTokDataset, VidTokValDataset
+from vidtok.errors import VidTokError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -369,8 +370,11 @@ def test_bad_videos_are_skipped_and_counted(mixed_dir: Path, caplog: pytest.LogC
     ds = VidTokDataset(str(mixed_dir), str(mixed_dir / "meta.csv"), params(n=4), start_index=0)
     assert len(ds) == 4
     with caplog.at_level(logging.WARNING, logger="vidtok.data.vidtok"):
-        for _ in range(2):
-            items = [ds[i] for i in range(len(ds))]
+        first = [ds[i] for i in range(len(ds))]
+        items = [ds[i] for i in range(len(ds))]
+    # each bad file is reported with the item whose read met it: once, then never again by this process
+    assert [item["num_skipped"] for item in first] == [3, 0, 0, 0]  # item 0 met all three on its way to good.mp4
+    assert [item["num_skipped"] for item in items] == [0, 0, 0, 0]
     assert all(item["path"].endswith("good.mp4") for item in items)
     assert all(item["jpg"].shape == (3, 4, 32, 32) and item["jpg"].abs().sum() > 0 for item in items)
     assert ds.num_skipped == 3
@@ -388,8 +392,17 @@ def test_bad_videos_are_skipped_and_counted(mixed_dir: Path, caplog: pytest.LogC
 def test_all_bad_videos_raise(tmp_path: Path) -> None:
     (tmp_path / "a.mp4").write_bytes(b"not a video")
     meta = write_csv(tmp_path / "meta.csv", ["a.mp4", "b.mp4"])
-    ds = VidTokDataset(str(tmp_path), str(meta), params())
-    with pytest.raises(RuntimeError, match="none of the 2 videos"):
+    # at construction, in the process that builds the dataset, not later inside a DataLoader worker
+    with pytest.raises(NoUsableVideosError, match="none of the 2 videos of meta CSV") as err:
+        VidTokDataset(str(tmp_path), str(meta), params())
+    assert isinstance(err.value, VidTokError)
+    assert "a.mp4 (unreadable" in str(err.value) and "b.mp4 (missing" in str(err.value) and "meta.csv" in str(err.value)
+
+    # files that go away after the start stop the run the same way once every one has failed
+    write_video(tmp_path / "a.mp4", 4)
+    ds = VidTokDataset(str(tmp_path), str(meta), params(n=4))
+    os.remove(tmp_path / "a.mp4")
+    with pytest.raises(NoUsableVideosError, match=r"a\.mp4 \(missing.*b\.mp4 \(missing"):
         ds[0]
 
 

@@ -7,6 +7,7 @@ or fork. Every run uses random LPIPS weights, 9×32×32 clips and ch=16, so a ba
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ from training_utils import (
 
 import main
 from vidtok.data.video_read import VideoReadError
+from vidtok.data.vidtok import NoUsableVideosError
 from vidtok.modules.ema import LitEma
 from vidtok.train import (
     count_devices,
@@ -245,6 +247,51 @@ def test_bad_videos_are_skipped_and_reported(bad_videos: Path, tmp_path: Path) -
     skipped = result.datamodule.skipped_summary()["train"]
     assert {Path(p).name: why.split(":")[0] for p, why in skipped.items()} == {
         "corrupt.mp4": "unreadable", "missing.mp4": "missing", "short.mp4": "too_short"}
+
+
+def test_skips_in_dataloader_workers_of_two_ddp_processes_are_all_counted(videos: Path, tmp_path: Path) -> None:
+    # good and unreadable rows alternate, so each bad row is met once, by whichever worker of whichever process is
+    # given its index (its substitute is the good row after it); 8 rows = one epoch of 4 batches per process
+    root = tmp_path / "data"
+    root.mkdir()
+    rows = []
+    for i in range(4):
+        os.symlink(videos / f"clip{i % 3}.mp4", root / f"good{i}.mp4")
+        (root / f"bad{i}.mp4").write_text("not a video\n")
+        rows += [f"good{i}.mp4", f"bad{i}.mp4"]
+    write_csv(root / "train.csv", rows)
+    write_csv(root / "val.csv", ["good0.mp4"])
+    overrides = tiny_overrides(root, frames=1, every_n_train_steps=8, extra=[
+        "data.params.num_workers=2", "lightning.trainer.limit_val_batches=0",
+        "lightning.callbacks.dump.target=training_utils.MetricsDump",
+        f"lightning.callbacks.dump.params.directory={tmp_path / 'metrics'}"])
+    cmd = [sys.executable, str(REPO / "main.py"), "-b", str(TINY_KL), "--logdir", str(tmp_path / "logs"), "-n", "skips",
+           "--accelerator", "cpu", "--devices", "2", "--max_steps", "8", *overrides]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for rank in (0, 1):
+        metrics = json.loads((tmp_path / "metrics" / f"metrics-rank{rank}.json").read_text())
+        assert metrics["data/skipped_videos"] == 4, (rank, metrics)
+
+
+def test_every_listed_video_unreadable_stops_cleanly(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "a.mp4").write_text("not a video\n")
+    (root / "b.mp4").write_bytes(b"\x00" * 2048)
+    write_csv(root / "train.csv", ["a.mp4", "b.mp4", "gone.mp4"])
+    write_csv(root / "val.csv", ["a.mp4"])
+    # DataLoader workers would wrap a failure met inside them in a traceback; the check runs before they start
+    overrides = tiny_overrides(root, frames=1, extra=["data.params.num_workers=2"])
+    started = time.monotonic()
+    with pytest.raises(NoUsableVideosError) as err:
+        run(TINY_KL, tmp_path / "logs", "broken", 4, overrides)
+    assert time.monotonic() - started < 120
+    message = str(err.value)
+    assert "none of the 3 videos" in message and "train.csv" in message
+    assert all(name in message for name in ("a.mp4 (unreadable", "b.mp4 (unreadable", "gone.mp4 (missing"))
+    assert "Traceback" not in message and "\n" not in message
 
 
 def test_strict_loading_stops_naming_the_file(bad_videos: Path, tmp_path: Path) -> None:

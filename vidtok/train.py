@@ -215,33 +215,42 @@ def resolve_strategy(trainer_config: dict[str, Any], strategy_cfg: Mapping[str, 
 
 
 class SkippedVideosMonitor(Callback):
-    """Log `data/skipped_videos`, the number of videos the training/validation datasets gave up on.
+    """Log `data/skipped_videos`: the bad samples (missing, unreadable or too short videos) met so far by the
+    datasets that serve training and validation batches, summed over DataLoader workers and training processes.
 
-    Counts come from the data module's `num_skipped` as this process sees them: with `num_workers > 0` the skips
-    happen in worker processes and only their WARNING log lines record them (see `DataModuleFromConfig`).
+    Skips happen inside DataLoader worker processes, whose own records never reach the main process, so each
+    `VidTokDataset` item carries `num_skipped` (the bad files met while serving it). This callback adds those up per
+    batch on each process and, at every training batch, all-reduces (sums) the running totals over the processes
+    before logging. A file met again (by another worker, or in a later epoch by fresh workers) counts again.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.last_count = 0
+        self.local_count = 0  # bad samples this process's batches reported
+        self.last_total = 0  # all processes, as last logged
 
     @staticmethod
-    def _count(trainer: pl.Trainer) -> int | None:
-        count = getattr(trainer.datamodule, "num_skipped", None)
-        return int(count) if count is not None else None
+    def _batch_count(batch: Any) -> int:
+        counts = batch.get("num_skipped") if isinstance(batch, Mapping) else None
+        return 0 if counts is None else int(torch.as_tensor(counts).sum())
 
-    def _update(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        count = self._count(trainer)
-        if count is None:
-            return
-        if count != self.last_count:
-            logger.warning("%d video(s) skipped so far as unreadable, missing or too short", count)
-            self.last_count = count
-        pl_module.log("data/skipped_videos", float(count), on_step=True, on_epoch=False, logger=True)
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        # no collective here: validation batches need not line up across processes; the next training batch syncs
+        self.local_count += self._batch_count(batch)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        self._update(trainer, pl_module)
+        self.local_count += self._batch_count(batch)
+        # on the module's device: NCCL reduces only CUDA tensors
+        local = torch.tensor(float(self.local_count), device=pl_module.device)
+        total = trainer.strategy.reduce(local, reduce_op="sum")
+        if int(total) != self.last_total:
+            self.last_total = int(total)
+            if trainer.is_global_zero:
+                logger.warning("%d bad video sample(s) skipped so far (unreadable, missing or too short)",
+                               self.last_total)
+        pl_module.log("data/skipped_videos", total, on_step=True, on_epoch=False, logger=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         summary = getattr(trainer.datamodule, "skipped_summary", None)
