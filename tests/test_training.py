@@ -45,6 +45,7 @@ from vidtok.train import (
     resolve_precision,
     resolve_strategy,
     run_name,
+    run_timestamp,
 )
 from vidtok.util import instantiate_from_config
 
@@ -428,6 +429,27 @@ def test_command_line_parsing_and_naming(tmp_path: Path) -> None:
     assert OmegaConf.to_container(cfg) == {"model": {"lr": 5, "keep": 2, "new": "x"}}
     with pytest.raises(ValueError, match="key=value"):
         load_config([a], ["--oops"])
+
+
+def test_two_runs_in_one_process_get_their_own_run_folders(videos: Path, tmp_path: Path) -> None:
+    overrides = tiny_overrides(videos, frames=1)
+    first = run(TINY_KL, tmp_path, "twice", 2, overrides, "-t", "false")
+    second = run(TINY_KL, tmp_path, "twice", 2, overrides, "-t", "false")
+    assert first.logdir != second.logdir and first.logdir.parent == second.logdir.parent == tmp_path
+    for result in (first, second):
+        assert len(list((result.logdir / "configs").glob("*-project.yaml"))) == 1
+
+
+def test_run_timestamp_is_new_per_run_and_inherited_only_by_launched_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    stamps = [run_timestamp() for _ in range(2)]
+    assert stamps[0] != stamps[1]
+    assert os.environ["VIDTOK_RUN_TIMESTAMP"] == stamps[1]  # what the ranks launched from here will read
+    # a rank started by Lightning's DDP launcher takes the launcher's value, for its one run
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("VIDTOK_RUN_TIMESTAMP", "2001-01-01T00-00-00")
+    assert run_timestamp() == "2001-01-01T00-00-00"
+    assert run_timestamp() != "2001-01-01T00-00-00"
 
 
 def test_find_resume_accepts_run_dir_or_checkpoint(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ import datetime
 import glob
 import logging
 import os
+import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,18 +53,36 @@ TRAINER_PACKAGE = pl.__name__ + "."
 DDP_TIMEOUT = datetime.timedelta(seconds=5400)  # the original's process-group timeout
 # Run timestamp shared with the worker processes Lightning launches for DDP, so they agree on the logdir.
 TIMESTAMP_ENV = "VIDTOK_RUN_TIMESTAMP"
+# Every timestamp this process has used: two runs of one process never share a run folder.
+_ISSUED_TIMESTAMPS: set[str] = set()
 
 
 # --- run naming and resuming ---------------------------------------------------------------------------------------
 
 
+def _launched_rank() -> bool:
+    """Whether Lightning's DDP launcher started this process to train one rank (it re-runs the command line with
+    `LOCAL_RANK` set to 1, 2, ...; the launching process itself is rank 0)."""
+    return os.environ.get("LOCAL_RANK", "0").strip() not in ("", "0")
+
+
 def run_timestamp() -> str:
-    """`%Y-%m-%dT%H-%M-%S`, fixed per launch: DDP worker processes inherit the launcher's value."""
-    now = os.environ.get(TIMESTAMP_ENV)
-    if not now:
-        now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
-        os.environ[TIMESTAMP_ENV] = now
-    return now
+    """`%Y-%m-%dT%H-%M-%S`, new for every run this process starts (waiting for the clock's next second rather than
+    repeating a value it gave out). A rank that Lightning's DDP launcher started takes the launcher's value from
+    `VIDTOK_RUN_TIMESTAMP` instead, so that all ranks agree on the run folder."""
+    inherited = os.environ.get(TIMESTAMP_ENV)
+    if inherited and _launched_rank() and inherited not in _ISSUED_TIMESTAMPS:
+        _ISSUED_TIMESTAMPS.add(inherited)
+        return inherited
+    while True:
+        now = datetime.datetime.now()
+        stamp = now.strftime("%Y-%m-%dT%H-%M-%S")
+        if stamp not in _ISSUED_TIMESTAMPS:
+            break
+        time.sleep(1 - now.microsecond / 1e6)
+    _ISSUED_TIMESTAMPS.add(stamp)
+    os.environ[TIMESTAMP_ENV] = stamp  # for the ranks the launcher starts from this process
+    return stamp
 
 
 def run_name(configs: Sequence[str], name: str = "", postfix: str = "", no_date: bool = False,
