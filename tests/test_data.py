@@ -10,6 +10,8 @@ import importlib.util
 import logging
 import os
 import random
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -20,6 +22,8 @@ import pytest
 import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from scripts import inference_evaluate, inference_reconstruct
+from tests.video_helpers import save_tiny_model, write_test_video
 from vidtok.data import video_read
 from vidtok.data.datamodule import DataModuleFromConfig
 from vidtok.data.transforms import VidTokVideoTransform, pad_by_repeating_last
@@ -509,3 +513,82 @@ def test_datamodule_builds_loaders(mixed_dir: Path, example_video: Path) -> None
 
     default_workers = DataModuleFromConfig(batch_size=3, train=train)
     assert default_workers.num_workers == 6 and not is_overridden("val_dataloader", default_workers)
+
+
+# --- video failures through the command-line entry points ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """``--config``/``--ckpt`` of a tiny random causal FSQ model (temporal factor 2)."""
+    config, ckpt, _ = save_tiny_model(tmp_path_factory.mktemp("model"), causal=True, regularizer="fsq")
+    return ["--config", str(config), "--ckpt", str(ckpt)]
+
+
+def make_bad_video(kind: str, folder: Path) -> Path:
+    """A video file that fails in the way ``kind`` names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{kind}.mp4"
+    if kind == "not_a_video":
+        path.write_text("shopping list: milk, eggs\n")
+    elif kind == "truncated":
+        whole = write_test_video(folder / "whole.mp4", num_frames=20)
+        data = whole.read_bytes()
+        path.write_bytes(data[: len(data) // 2])  # a copy cut off half way
+        whole.unlink()
+    elif kind == "too_short":
+        write_test_video(path, num_frames=3)
+    return path  # "missing": never written
+
+
+VIDEO_FAILURES = {"missing": "missing", "not_a_video": "unreadable", "truncated": "unreadable"}
+# what the message says about each, beyond the reason
+DIAGNOSES = {"missing": "check the path", "not_a_video": "no decoder recognises it as a video",
+             "truncated": "index is missing or damaged, as in a copy cut short"}
+
+
+def assert_one_clean_error(code: int, err: str, name: str, reason: str) -> None:
+    assert code == 1
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    assert name in errors[0] and f"({reason}" in errors[0]
+
+
+@pytest.mark.parametrize("kind", VIDEO_FAILURES)
+def test_reconstruct_script_names_a_bad_video(kind: str, tiny_model_files: list[str], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    video = make_bad_video(kind, tmp_path / "in")
+    code = inference_reconstruct.main([*tiny_model_files, "--input_video_path", str(video), "--input_height", "32",
+                                       "--input_width", "32", "--output_video_dir", str(tmp_path / "out"),
+                                       "--no_progress"])
+    err = capsys.readouterr().err
+    assert_one_clean_error(code, err, video.name, VIDEO_FAILURES[kind])
+    assert DIAGNOSES[kind] in err
+    assert not list((tmp_path / "out").glob("*.mp4"))  # nothing half written
+
+
+@pytest.mark.parametrize("kind", [*VIDEO_FAILURES, "too_short"])
+def test_evaluate_script_names_a_bad_video(kind: str, tiny_model_files: list[str], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    video = make_bad_video(kind, tmp_path / "data")
+    meta = write_csv(tmp_path / "data" / "meta.csv", [video.name])
+    # with --read_long_video a causal model needs more than chunk_size (here 4) sampled frames; the video has 3
+    long_video = ["--read_long_video", "--num_frames_per_batch", "5"] if kind == "too_short" else []
+    code = inference_evaluate.main([*tiny_model_files, "--data_dir", str(tmp_path / "data"), "--meta_path",
+                                    str(meta), "--input_height", "32", "--input_width", "32", "--metrics",
+                                    "psnr", "--no_progress", *long_video])
+    err = capsys.readouterr().err
+    assert_one_clean_error(code, err, video.name, VIDEO_FAILURES.get(kind, kind))
+    assert "meta.csv" in err
+
+
+def test_a_truncated_video_fails_cleanly_from_the_command_line(tiny_model_files: list[str], tmp_path: Path) -> None:
+    video = make_bad_video("truncated", tmp_path)
+    command = [sys.executable, "scripts/inference_reconstruct.py", *tiny_model_files, "--input_video_path",
+               str(video), "--input_height", "32", "--input_width", "32", "--output_video_dir", str(tmp_path / "out"),
+               "--no_progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert_one_clean_error(done.returncode, done.stderr, "truncated.mp4", "unreadable")
+    assert "complete video file" in done.stderr  # what to do

@@ -160,6 +160,19 @@ class PyAVVideo:
         self._container.close()
 
 
+def _diagnose(path: str) -> str:
+    """A guess at why no decoder opens ``path``, from its first bytes: an MP4/MOV whose index is gone (the usual
+    result of a copy or download cut short) or something that is not a video at all."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(12)
+    except OSError as err:
+        return f"the file cannot be read ({err.strerror})"
+    if head[4:8] in (b"ftyp", b"mdat", b"moov", b"wide", b"free"):
+        return "it starts like an MP4/MOV file but its index is missing or damaged, as in a copy cut short"
+    return "no decoder recognises it as a video"
+
+
 class VideoFile:
     """An open video: ``len()`` frames, ``get_avg_fps()`` and ``get_batch(indices) -> uint8 [T, H, W, 3]``.
 
@@ -184,7 +197,9 @@ class VideoFile:
         try:
             self._pyav = PyAVVideo(self.path)
         except _PYAV_ERRORS as err:
-            raise VideoReadError(self.path, "unreadable", f"{why}; PyAV could not open it: {_first_line(err)}") from err
+            raise VideoReadError(
+                self.path, "unreadable", f"{_diagnose(self.path)} ({why}; PyAV could not open it: {_first_line(err)})"
+            ) from err
         self._decord = None
         logger.info("%s: reading with PyAV (%s)", self.path, why)
 
