@@ -41,8 +41,8 @@ ReadFailure = Literal["missing", "unreadable", "empty", "too_short", "bad_fps"]
 # decord reports open/decode failures as DECORDError (a plain Exception subclass) or as RuntimeError
 # ("Error reading ..."); OSError/ValueError cover the filesystem and bad-argument paths of its FFI layer.
 _DECORD_ERRORS: tuple[type[Exception], ...] = (decord.DECORDError, RuntimeError, OSError, ValueError)
-# PyAV raises FFmpegError subclasses (most also ValueError/OSError); IndexError/StopIteration mean the stream ended
-# before a frame its index promised (a truncated file).
+# PyAV raises FFmpegError subclasses (most also ValueError/OSError); PyAVVideo raises IndexError when the stream ends
+# before a frame its packets promised (a truncated file).
 _PYAV_ERRORS: tuple[type[Exception], ...] = (av.FFmpegError, OSError, ValueError, IndexError)
 
 # What the user can do about each failure; appended to the message.
@@ -155,9 +155,6 @@ class PyAVVideo:
         image = frame.to_ndarray(format="rgb24")
         turns = round(frame.rotation / 90) % 4
         return np.ascontiguousarray(np.rot90(image, k=turns)) if turns else image
-
-    def close(self) -> None:
-        self._container.close()
 
 
 def _diagnose(path: str) -> str:
