@@ -10,14 +10,20 @@ import importlib.util
 import logging
 import os
 import random
+import subprocess
+import sys
+from fractions import Fraction
 from pathlib import Path
 
 import av
+import decord
 import numpy as np
 import pytest
 import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from scripts import inference_evaluate, inference_reconstruct
+from tests.video_helpers import save_tiny_model, write_test_video
 from vidtok.data import video_read
 from vidtok.data.datamodule import DataModuleFromConfig
 from vidtok.data.transforms import VidTokVideoTransform, pad_by_repeating_last
@@ -26,11 +32,13 @@ from vidtok.data.video_read import (
     frame_interval,
     open_video,
     read_clip,
+    read_frames,
     read_strided_frames,
     sample_frame_indices,
     strided_frame_indices,
 )
-from vidtok.data.vidtok import VidTokDataset, VidTokValDataset
+from vidtok.data.vidtok import NoUsableVideosError, VidTokDataset, VidTokValDataset
+from vidtok.errors import VidTokError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,6 +170,144 @@ def test_grayscale_video_reads_as_rgb(tmp_path: Path) -> None:
     assert torch.equal(frames[..., 0], frames[..., 1]) and torch.equal(frames[..., 0], frames[..., 2])
 
 
+def write_marked_video(path: Path, rotation: int = 0, pix_fmt: str = "yuv420p", pts_ms: list[int] | None = None,
+                       num_frames: int = 6, size: tuple[int, int] = (48, 64)) -> Path:
+    """Frames whose stored top-left quadrant is white on a grey background of level ``30*i`` (frame ``i``).
+
+    ``rotation`` (degrees counter-clockwise) goes into the stream's display matrix as a phone writes it;
+    ``pts_ms`` gives the frames irregular timestamps (variable frame rate).
+    """
+    height, width = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if rotation:
+            stream.set_display_rotation(rotation)
+        if pts_ms is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for i in range(num_frames):
+            image = np.full((height, width, 3), 30 * i, np.uint8)
+            image[: height // 2, : width // 2] = 255
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            if pts_ms is not None:
+                frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def quadrant_means(frame: torch.Tensor) -> dict[tuple[int, int], float]:
+    """Mean grey level of each quadrant of an ``[H, W, 3]`` frame, keyed (row, column), 0 = top/left."""
+    h, w = frame.shape[0] // 2, frame.shape[1] // 2
+    grey = frame.float().mean(-1)
+    return {(r, c): float(grey[r * h : (r + 1) * h, c * w : (c + 1) * w].mean()) for r in (0, 1) for c in (0, 1)}
+
+
+def bright_quadrant(frame: torch.Tensor) -> tuple[int, int]:
+    means = quadrant_means(frame)
+    return max(means, key=means.get)
+
+
+def frame_numbers(frames: torch.Tensor) -> list[int]:
+    """Which source frame each of ``[T, H, W, 3]`` is, from the grey level (``30*i``) of its darkest quadrant."""
+    return [round(min(quadrant_means(frame).values()) / 30) for frame in frames]
+
+
+# The stored top-left quadrant, turned counter-clockwise by the display rotation: where a player shows it.
+UPRIGHT_QUADRANT = {0: (0, 0), 90: (1, 0), 180: (1, 1), 270: (0, 1)}
+
+
+def assert_upright(frames: torch.Tensor, rotation: int, size: tuple[int, int] = (48, 64)) -> None:
+    height, width = size if rotation in (0, 180) else size[::-1]
+    assert frames.shape[1:] == (height, width, 3)
+    for frame in frames:
+        assert bright_quadrant(frame) == UPRIGHT_QUADRANT[rotation]
+
+
+@pytest.mark.parametrize("rotation", [0, 90, 180, 270])
+def test_rotated_videos_come_out_upright(tmp_path: Path, rotation: int) -> None:
+    path = write_marked_video(tmp_path / f"phone{rotation}.mp4", rotation=rotation)
+    frames, _ = read_clip(str(path), 6, 30, start_index=0)
+    assert_upright(frames, rotation)
+    # the grey level says which frame each is: all six, in order
+    assert frame_numbers(frames) == [0, 1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("fail_at", ["open", "decode"])
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_pyav_reads_what_decord_cannot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rotation: int,
+                                       fail_at: str) -> None:
+    path = write_marked_video(tmp_path / "phone.mp4", rotation=rotation)
+    real_reader = decord.VideoReader
+
+    class FailingReader:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            if fail_at == "open":
+                raise decord.DECORDError("cannot open")
+            self.reader = real_reader(*args, **kwargs)
+
+        def __len__(self) -> int:
+            return len(self.reader)
+
+        def get_avg_fps(self) -> float:
+            return self.reader.get_avg_fps()
+
+        def get_batch(self, indices: list[int]) -> None:
+            raise decord.DECORDError("Check failed: from_size == to_size")
+
+    monkeypatch.setattr(video_read.decord, "VideoReader", FailingReader)
+    video = open_video(str(path))
+    frames = read_frames(video, [5, 0, 3], str(path))
+    assert video.backend == "pyav"
+    assert_upright(frames, rotation)
+    assert frame_numbers(frames) == [5, 0, 3]
+
+
+def test_rotated_phone_video_decord_rejects_is_read_with_pyav(tmp_path: Path) -> None:
+    path = write_marked_video(tmp_path / "portrait.mp4", rotation=90)
+    # the premise: decord opens this file but its buffer-size check fails on every frame
+    with pytest.raises(decord.DECORDError, match="size must exactly match"):
+        decord.VideoReader(str(path)).get_batch([0])
+    video = open_video(str(path))
+    frames = read_frames(video, range(len(video)), str(path))
+    assert video.backend == "pyav" and len(video) == 6 and video.get_avg_fps() == 30
+    assert_upright(frames, 90)
+
+
+def test_ten_bit_and_variable_frame_rate_videos(tmp_path: Path) -> None:
+    ten_bit = write_marked_video(tmp_path / "ten.mp4", pix_fmt="yuv420p10le")
+    with av.open(str(ten_bit)) as container:
+        assert container.streams.video[0].codec_context.pix_fmt == "yuv420p10le"
+    frames, _ = read_clip(str(ten_bit), 6, 30, start_index=0)
+    assert_upright(frames, 0)
+    assert frame_numbers(frames) == [0, 1, 2, 3, 4, 5]
+
+    pts = [0, 33, 50, 120, 133, 300]
+    vfr = write_marked_video(tmp_path / "vfr.mp4", pts_ms=pts)
+    with av.open(str(vfr)) as container:
+        stream = container.streams.video[0]
+        gaps = np.diff([frame.pts for frame in container.decode(stream)])
+        average_rate = float(stream.average_rate)
+    assert len(set(gaps.tolist())) > 2  # really irregular
+    for video in (open_video(str(vfr)), video_read.PyAVVideo(str(vfr))):
+        assert len(video) == 6
+        assert video.get_avg_fps() == pytest.approx(average_rate)
+        frames = torch.from_numpy(video.get_batch([4, 1, 2, 5]))
+        assert frame_numbers(frames) == [4, 1, 2, 5]
+
+
+def test_unreadable_message_names_both_decoders_and_what_to_do(tmp_path: Path) -> None:
+    text = tmp_path / "notes.mp4"
+    text.write_text("these are my notes, not a video\n")
+    with pytest.raises(VideoReadError) as err:
+        open_video(str(text))
+    message = str(err.value)
+    assert "notes.mp4" in message and "decord could not open it" in message and "PyAV could not open it" in message
+    assert "re-encoding it" in message and "\n" not in message
+
+
 def test_read_strided_frames(example_video: Path) -> None:
     frames, idx = read_strided_frames(str(example_video), sample_fps=10)
     assert idx.tolist() == list(range(0, 136, 3))
@@ -228,8 +374,11 @@ def test_bad_videos_are_skipped_and_counted(mixed_dir: Path, caplog: pytest.LogC
     ds = VidTokDataset(str(mixed_dir), str(mixed_dir / "meta.csv"), params(n=4), start_index=0)
     assert len(ds) == 4
     with caplog.at_level(logging.WARNING, logger="vidtok.data.vidtok"):
-        for _ in range(2):
-            items = [ds[i] for i in range(len(ds))]
+        first = [ds[i] for i in range(len(ds))]
+        items = [ds[i] for i in range(len(ds))]
+    # each bad file is reported with the item whose read met it: once, then never again by this process
+    assert [item["num_skipped"] for item in first] == [3, 0, 0, 0]  # item 0 met all three on its way to good.mp4
+    assert [item["num_skipped"] for item in items] == [0, 0, 0, 0]
     assert all(item["path"].endswith("good.mp4") for item in items)
     assert all(item["jpg"].shape == (3, 4, 32, 32) and item["jpg"].abs().sum() > 0 for item in items)
     assert ds.num_skipped == 3
@@ -247,8 +396,17 @@ def test_bad_videos_are_skipped_and_counted(mixed_dir: Path, caplog: pytest.LogC
 def test_all_bad_videos_raise(tmp_path: Path) -> None:
     (tmp_path / "a.mp4").write_bytes(b"not a video")
     meta = write_csv(tmp_path / "meta.csv", ["a.mp4", "b.mp4"])
-    ds = VidTokDataset(str(tmp_path), str(meta), params())
-    with pytest.raises(RuntimeError, match="none of the 2 videos"):
+    # at construction, in the process that builds the dataset, not later inside a DataLoader worker
+    with pytest.raises(NoUsableVideosError, match="none of the 2 videos of meta CSV") as err:
+        VidTokDataset(str(tmp_path), str(meta), params())
+    assert isinstance(err.value, VidTokError)
+    assert "a.mp4 (unreadable" in str(err.value) and "b.mp4 (missing" in str(err.value) and "meta.csv" in str(err.value)
+
+    # files that go away after the start stop the run the same way once every one has failed
+    write_video(tmp_path / "a.mp4", 4)
+    ds = VidTokDataset(str(tmp_path), str(meta), params(n=4))
+    os.remove(tmp_path / "a.mp4")
+    with pytest.raises(NoUsableVideosError, match=r"a\.mp4 \(missing.*b\.mp4 \(missing"):
         ds[0]
 
 
@@ -355,3 +513,82 @@ def test_datamodule_builds_loaders(mixed_dir: Path, example_video: Path) -> None
 
     default_workers = DataModuleFromConfig(batch_size=3, train=train)
     assert default_workers.num_workers == 6 and not is_overridden("val_dataloader", default_workers)
+
+
+# --- video failures through the command-line entry points ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """``--config``/``--ckpt`` of a tiny random causal FSQ model (temporal factor 2)."""
+    config, ckpt, _ = save_tiny_model(tmp_path_factory.mktemp("model"), causal=True, regularizer="fsq")
+    return ["--config", str(config), "--ckpt", str(ckpt)]
+
+
+def make_bad_video(kind: str, folder: Path) -> Path:
+    """A video file that fails in the way ``kind`` names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{kind}.mp4"
+    if kind == "not_a_video":
+        path.write_text("shopping list: milk, eggs\n")
+    elif kind == "truncated":
+        whole = write_test_video(folder / "whole.mp4", num_frames=20)
+        data = whole.read_bytes()
+        path.write_bytes(data[: len(data) // 2])  # a copy cut off half way
+        whole.unlink()
+    elif kind == "too_short":
+        write_test_video(path, num_frames=3)
+    return path  # "missing": never written
+
+
+VIDEO_FAILURES = {"missing": "missing", "not_a_video": "unreadable", "truncated": "unreadable"}
+# what the message says about each, beyond the reason
+DIAGNOSES = {"missing": "check the path", "not_a_video": "no decoder recognises it as a video",
+             "truncated": "index is missing or damaged, as in a copy cut short"}
+
+
+def assert_one_clean_error(code: int, err: str, name: str, reason: str) -> None:
+    assert code == 1
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    assert name in errors[0] and f"({reason}" in errors[0]
+
+
+@pytest.mark.parametrize("kind", VIDEO_FAILURES)
+def test_reconstruct_script_names_a_bad_video(kind: str, tiny_model_files: list[str], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    video = make_bad_video(kind, tmp_path / "in")
+    code = inference_reconstruct.main([*tiny_model_files, "--input_video_path", str(video), "--input_height", "32",
+                                       "--input_width", "32", "--output_video_dir", str(tmp_path / "out"),
+                                       "--no_progress"])
+    err = capsys.readouterr().err
+    assert_one_clean_error(code, err, video.name, VIDEO_FAILURES[kind])
+    assert DIAGNOSES[kind] in err
+    assert not list((tmp_path / "out").glob("*.mp4"))  # nothing half written
+
+
+@pytest.mark.parametrize("kind", [*VIDEO_FAILURES, "too_short"])
+def test_evaluate_script_names_a_bad_video(kind: str, tiny_model_files: list[str], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    video = make_bad_video(kind, tmp_path / "data")
+    meta = write_csv(tmp_path / "data" / "meta.csv", [video.name])
+    # with --read_long_video a causal model needs more than chunk_size (here 4) sampled frames; the video has 3
+    long_video = ["--read_long_video", "--num_frames_per_batch", "5"] if kind == "too_short" else []
+    code = inference_evaluate.main([*tiny_model_files, "--data_dir", str(tmp_path / "data"), "--meta_path",
+                                    str(meta), "--input_height", "32", "--input_width", "32", "--metrics",
+                                    "psnr", "--no_progress", *long_video])
+    err = capsys.readouterr().err
+    assert_one_clean_error(code, err, video.name, VIDEO_FAILURES.get(kind, kind))
+    assert "meta.csv" in err
+
+
+def test_a_truncated_video_fails_cleanly_from_the_command_line(tiny_model_files: list[str], tmp_path: Path) -> None:
+    video = make_bad_video("truncated", tmp_path)
+    command = [sys.executable, "scripts/inference_reconstruct.py", *tiny_model_files, "--input_video_path",
+               str(video), "--input_height", "32", "--input_width", "32", "--output_video_dir", str(tmp_path / "out"),
+               "--no_progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert_one_clean_error(done.returncode, done.stderr, "truncated.mp4", "unreadable")
+    assert "complete video file" in done.stderr  # what to do

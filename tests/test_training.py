@@ -7,6 +7,7 @@ or fork. Every run uses random LPIPS weights, 9×32×32 clips and ch=16, so a ba
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ from training_utils import (
 
 import main
 from vidtok.data.video_read import VideoReadError
+from vidtok.data.vidtok import NoUsableVideosError
 from vidtok.modules.ema import LitEma
 from vidtok.train import (
     count_devices,
@@ -43,7 +45,9 @@ from vidtok.train import (
     resolve_precision,
     resolve_strategy,
     run_name,
+    run_timestamp,
 )
+from vidtok.util import instantiate_from_config
 
 PROBE = "lightning.callbacks.probe.target=training_utils.StateProbe"
 
@@ -246,6 +250,51 @@ def test_bad_videos_are_skipped_and_reported(bad_videos: Path, tmp_path: Path) -
         "corrupt.mp4": "unreadable", "missing.mp4": "missing", "short.mp4": "too_short"}
 
 
+def test_skips_in_dataloader_workers_of_two_ddp_processes_are_all_counted(videos: Path, tmp_path: Path) -> None:
+    # good and unreadable rows alternate, so each bad row is met once, by whichever worker of whichever process is
+    # given its index (its substitute is the good row after it); 8 rows = one epoch of 4 batches per process
+    root = tmp_path / "data"
+    root.mkdir()
+    rows = []
+    for i in range(4):
+        os.symlink(videos / f"clip{i % 3}.mp4", root / f"good{i}.mp4")
+        (root / f"bad{i}.mp4").write_text("not a video\n")
+        rows += [f"good{i}.mp4", f"bad{i}.mp4"]
+    write_csv(root / "train.csv", rows)
+    write_csv(root / "val.csv", ["good0.mp4"])
+    overrides = tiny_overrides(root, frames=1, every_n_train_steps=8, extra=[
+        "data.params.num_workers=2", "lightning.trainer.limit_val_batches=0",
+        "lightning.callbacks.dump.target=training_utils.MetricsDump",
+        f"lightning.callbacks.dump.params.directory={tmp_path / 'metrics'}"])
+    cmd = [sys.executable, str(REPO / "main.py"), "-b", str(TINY_KL), "--logdir", str(tmp_path / "logs"), "-n", "skips",
+           "--accelerator", "cpu", "--devices", "2", "--max_steps", "8", *overrides]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for rank in (0, 1):
+        metrics = json.loads((tmp_path / "metrics" / f"metrics-rank{rank}.json").read_text())
+        assert metrics["data/skipped_videos"] == 4, (rank, metrics)
+
+
+def test_every_listed_video_unreadable_stops_cleanly(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "a.mp4").write_text("not a video\n")
+    (root / "b.mp4").write_bytes(b"\x00" * 2048)
+    write_csv(root / "train.csv", ["a.mp4", "b.mp4", "gone.mp4"])
+    write_csv(root / "val.csv", ["a.mp4"])
+    # DataLoader workers would wrap a failure met inside them in a traceback; the check runs before they start
+    overrides = tiny_overrides(root, frames=1, extra=["data.params.num_workers=2"])
+    started = time.monotonic()
+    with pytest.raises(NoUsableVideosError) as err:
+        run(TINY_KL, tmp_path / "logs", "broken", 4, overrides)
+    assert time.monotonic() - started < 120
+    message = str(err.value)
+    assert "none of the 3 videos" in message and "train.csv" in message
+    assert all(name in message for name in ("a.mp4 (unreadable", "b.mp4 (unreadable", "gone.mp4 (missing"))
+    assert "Traceback" not in message and "\n" not in message
+
+
 def test_strict_loading_stops_naming_the_file(bad_videos: Path, tmp_path: Path) -> None:
     overrides = tiny_overrides(bad_videos, frames=1, batch_size=2, val_check_interval=None, extra=[
         "data.params.train.params.is_strict_loading=true",
@@ -316,6 +365,47 @@ def test_lit_ema_update_rule_and_names() -> None:
         LitEma(net, decay=1.5)
 
 
+# --- logging under several devices -----------------------------------------------------------------------------------
+
+
+def test_every_logged_tensor_is_on_the_module_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NCCL all-reduces only CUDA tensors, so one CPU tensor among the synced logs crashes multi-GPU validation. The
+    `meta` device stands in for CUDA here: every op of the model and loss runs on it (shapes only, no numbers)."""
+    config = OmegaConf.load(TINY_KL).model
+    model = instantiate_from_config(config)
+    model.build_loss(lpips_pretrained=False)
+    model = model.to("meta")
+    # the LeCam EMAs are Python floats updated with .item() (as in the original), which meta tensors cannot give;
+    # they are not logged, so the update is left out
+    monkeypatch.setattr(model.loss.lecam_ema, "update", lambda logits_real, logits_fake: None)
+    logged: dict[str, Any] = {}
+
+    def log_dict(values: dict[str, Any], **kwargs: Any) -> None:
+        logged.update(values)
+
+    monkeypatch.setattr(model, "log_dict", log_dict)
+    monkeypatch.setattr(model, "log", lambda name, value, **kwargs: log_dict({name: value}))
+
+    def assert_on_module_device(log: dict[str, Any], where: str) -> None:
+        assert log, where
+        off = {k: v.device for k, v in log.items() if isinstance(v, torch.Tensor) and v.device.type != "meta"}
+        assert not off, f"{where}: tensors not on the module's device: {off}"
+
+    x = torch.zeros(1, 3, 9, 32, 32, device="meta")  # [B, C, T, H, W]
+    _, xrec, reg_log = model(x)
+    disc_start = model.loss.discriminator_iter_start
+    for optimizer_idx in (0, 1):
+        for step in (0, disc_start):  # before and after the GAN terms switch on
+            _, log = model.loss(reg_log, x, xrec, optimizer_idx, step, last_layer=model.get_last_layer(),
+                                split="train")
+            assert_on_module_device(log, f"loss branch {optimizer_idx} at step {step}")
+    model.eval()
+    with torch.no_grad():
+        model.validation_step({"jpg": x}, 0)
+    assert {"val/disc_factor", "val/psnr", "val/lecam_loss", "val/rec_loss"} <= set(logged)
+    assert_on_module_device(logged, "validation_step")
+
+
 # --- command line pieces ----------------------------------------------------------------------------------------------
 
 
@@ -339,6 +429,27 @@ def test_command_line_parsing_and_naming(tmp_path: Path) -> None:
     assert OmegaConf.to_container(cfg) == {"model": {"lr": 5, "keep": 2, "new": "x"}}
     with pytest.raises(ValueError, match="key=value"):
         load_config([a], ["--oops"])
+
+
+def test_two_runs_in_one_process_get_their_own_run_folders(videos: Path, tmp_path: Path) -> None:
+    overrides = tiny_overrides(videos, frames=1)
+    first = run(TINY_KL, tmp_path, "twice", 2, overrides, "-t", "false")
+    second = run(TINY_KL, tmp_path, "twice", 2, overrides, "-t", "false")
+    assert first.logdir != second.logdir and first.logdir.parent == second.logdir.parent == tmp_path
+    for result in (first, second):
+        assert len(list((result.logdir / "configs").glob("*-project.yaml"))) == 1
+
+
+def test_run_timestamp_is_new_per_run_and_inherited_only_by_launched_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    stamps = [run_timestamp() for _ in range(2)]
+    assert stamps[0] != stamps[1]
+    assert os.environ["VIDTOK_RUN_TIMESTAMP"] == stamps[1]  # what the ranks launched from here will read
+    # a rank started by Lightning's DDP launcher takes the launcher's value, for its one run
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("VIDTOK_RUN_TIMESTAMP", "2001-01-01T00-00-00")
+    assert run_timestamp() == "2001-01-01T00-00-00"
+    assert run_timestamp() != "2001-01-01T00-00-00"
 
 
 def test_find_resume_accepts_run_dir_or_checkpoint(tmp_path: Path) -> None:

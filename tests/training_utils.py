@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,3 +147,17 @@ def _clone(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return type(obj)(_clone(v) for v in obj)
     return obj
+
+
+class MetricsDump(Callback):
+    """Writes the trainer's `callback_metrics` (as floats) to `<directory>/metrics-rank<N>.json` when training ends,
+    for tests whose training runs in other processes."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__()
+        self.directory = Path(directory)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / f"metrics-rank{trainer.global_rank}.json").write_text(json.dumps(metrics))

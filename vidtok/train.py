@@ -30,6 +30,7 @@ import datetime
 import glob
 import logging
 import os
+import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,18 +54,36 @@ TRAINER_PACKAGE = pl.__name__ + "."
 DDP_TIMEOUT = datetime.timedelta(seconds=5400)  # the original's process-group timeout
 # Run timestamp shared with the worker processes Lightning launches for DDP, so they agree on the logdir.
 TIMESTAMP_ENV = "VIDTOK_RUN_TIMESTAMP"
+# Every timestamp this process has used: two runs of one process never share a run folder.
+_ISSUED_TIMESTAMPS: set[str] = set()
 
 
 # --- run naming and resuming ---------------------------------------------------------------------------------------
 
 
+def _launched_rank() -> bool:
+    """Whether Lightning's DDP launcher started this process to train one rank (it re-runs the command line with
+    `LOCAL_RANK` set to 1, 2, ...; the launching process itself is rank 0)."""
+    return os.environ.get("LOCAL_RANK", "0").strip() not in ("", "0")
+
+
 def run_timestamp() -> str:
-    """`%Y-%m-%dT%H-%M-%S`, fixed per launch: DDP worker processes inherit the launcher's value."""
-    now = os.environ.get(TIMESTAMP_ENV)
-    if not now:
-        now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
-        os.environ[TIMESTAMP_ENV] = now
-    return now
+    """`%Y-%m-%dT%H-%M-%S`, new for every run this process starts (waiting for the clock's next second rather than
+    repeating a value it gave out). A rank that Lightning's DDP launcher started takes the launcher's value from
+    `VIDTOK_RUN_TIMESTAMP` instead, so that all ranks agree on the run folder."""
+    inherited = os.environ.get(TIMESTAMP_ENV)
+    if inherited and _launched_rank() and inherited not in _ISSUED_TIMESTAMPS:
+        _ISSUED_TIMESTAMPS.add(inherited)
+        return inherited
+    while True:
+        now = datetime.datetime.now()
+        stamp = now.strftime("%Y-%m-%dT%H-%M-%S")
+        if stamp not in _ISSUED_TIMESTAMPS:
+            break
+        time.sleep(1 - now.microsecond / 1e6)
+    _ISSUED_TIMESTAMPS.add(stamp)
+    os.environ[TIMESTAMP_ENV] = stamp  # for the ranks the launcher starts from this process
+    return stamp
 
 
 def run_name(configs: Sequence[str], name: str = "", postfix: str = "", no_date: bool = False,
@@ -216,33 +235,42 @@ def resolve_strategy(trainer_config: dict[str, Any], strategy_cfg: Mapping[str, 
 
 
 class SkippedVideosMonitor(Callback):
-    """Log `data/skipped_videos`, the number of videos the training/validation datasets gave up on.
+    """Log `data/skipped_videos`: the bad samples (missing, unreadable or too short videos) met so far by the
+    datasets that serve training and validation batches, summed over DataLoader workers and training processes.
 
-    Counts come from the data module's `num_skipped` as this process sees them: with `num_workers > 0` the skips
-    happen in worker processes and only their WARNING log lines record them (see `DataModuleFromConfig`).
+    Skips happen inside DataLoader worker processes, whose own records never reach the main process, so each
+    `VidTokDataset` item carries `num_skipped` (the bad files met while serving it). This callback adds those up per
+    batch on each process and, at every training batch, all-reduces (sums) the running totals over the processes
+    before logging. A file met again (by another worker, or in a later epoch by fresh workers) counts again.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.last_count = 0
+        self.local_count = 0  # bad samples this process's batches reported
+        self.last_total = 0  # all processes, as last logged
 
     @staticmethod
-    def _count(trainer: pl.Trainer) -> int | None:
-        count = getattr(trainer.datamodule, "num_skipped", None)
-        return int(count) if count is not None else None
+    def _batch_count(batch: Any) -> int:
+        counts = batch.get("num_skipped") if isinstance(batch, Mapping) else None
+        return 0 if counts is None else int(torch.as_tensor(counts).sum())
 
-    def _update(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        count = self._count(trainer)
-        if count is None:
-            return
-        if count != self.last_count:
-            logger.warning("%d video(s) skipped so far as unreadable, missing or too short", count)
-            self.last_count = count
-        pl_module.log("data/skipped_videos", float(count), on_step=True, on_epoch=False, logger=True)
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        # no collective here: validation batches need not line up across processes; the next training batch syncs
+        self.local_count += self._batch_count(batch)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        self._update(trainer, pl_module)
+        self.local_count += self._batch_count(batch)
+        # on the module's device: NCCL reduces only CUDA tensors
+        local = torch.tensor(float(self.local_count), device=pl_module.device)
+        total = trainer.strategy.reduce(local, reduce_op="sum")
+        if int(total) != self.last_total:
+            self.last_total = int(total)
+            if trainer.is_global_zero:
+                logger.warning("%d bad video sample(s) skipped so far (unreadable, missing or too short)",
+                               self.last_total)
+        pl_module.log("data/skipped_videos", total, on_step=True, on_epoch=False, logger=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         summary = getattr(trainer.datamodule, "skipped_summary", None)

@@ -6,8 +6,11 @@ loop reads), resized and cropped by :class:`~vidtok.data.transforms.VidTokVideoT
 Where this differs from the original, on purpose:
 
 - A video that cannot be used is never replaced by a black clip. :class:`VidTokDataset` skips it and serves the
-  next video in the list, records it in ``skipped`` and logs one warning per file; ``is_strict_loading=True``
+  next video in the list, records it in ``skipped``, logs one warning per file and reports the skip with the item
+  (``num_skipped``) so the training loop can count skips made in DataLoader workers; ``is_strict_loading=True``
   raises instead. :class:`VidTokValDataset` decides at construction, so evaluation never silently changes clips.
+- A dataset none of whose videos can be read stops at construction with :class:`NoUsableVideosError`, in the
+  main process, instead of failing later inside a DataLoader worker.
 - ``videos`` paths must be relative and stay inside ``data_dir``; the original also accepted absolute paths
   (``os.path.join`` drops ``data_dir`` for them).
 - The evaluation glob is sorted, so item order no longer depends on the filesystem.
@@ -35,11 +38,28 @@ from vidtok.data.video_read import (
     read_strided_frames,
     strided_frame_indices,
 )
-from vidtok.errors import DataError
+from vidtok.errors import DataError, VidTokError
 
 logger = logging.getLogger(__name__)
 
 VIDEO_PARAM_KEYS = ("input_height", "input_width", "sample_num_frames", "sample_fps")
+
+
+# Failures listed in a NoUsableVideosError message; the rest are counted.
+_LISTED_FAILURES = 5
+
+
+class NoUsableVideosError(VidTokError, ValueError):
+    """Not one of a dataset's videos can be used: every file listed is missing, unreadable or too short."""
+
+
+def no_usable_videos(failures: Mapping[str, str], source: str, what_to_do: str) -> NoUsableVideosError:
+    """The error for a dataset whose videos all failed: the first few files with their reasons, then what to do."""
+    listed = "; ".join(f"{path} ({why})" for path, why in list(failures.items())[:_LISTED_FAILURES])
+    more = f" and {len(failures) - _LISTED_FAILURES} more" if len(failures) > _LISTED_FAILURES else ""
+    return NoUsableVideosError(
+        f"none of the {len(failures)} videos of {source} can be used: {listed}{more}; {what_to_do}"
+    )
 
 
 def check_video_params(video_params: Mapping[str, Any]) -> dict[str, Any]:
@@ -150,13 +170,19 @@ class VidTokDataset(Dataset):
             files are governed by this flag alone and unusable ones by ``is_strict_loading``.
         start_index: first frame of every clip (validation uses 0); ``None`` draws a random start.
 
-    Items are ``{"jpg": float [C, sample_num_frames, input_height, input_width] in [-1, 1], "path": str}``.
-    Videos shorter than the clip are padded by repeating their last frame, as in the original.
+    Items are ``{"jpg": float [C, sample_num_frames, input_height, input_width] in [-1, 1], "path": str,
+    "num_skipped": int}``. Videos shorter than the clip are padded by repeating their last frame, as in the original.
 
     Skipping: a bad item ``i`` is replaced by the first usable video among ``i+1, i+2, ...`` (wrapping), so the
     substitute is deterministic. Each bad file is logged once (WARNING, with its path and reason), kept in
     ``skipped`` and never decoded again by this process. With DataLoader workers each worker process holds its own
-    ``skipped`` (the main process copy stays empty); the warnings are the record that covers every worker.
+    ``skipped`` (the main process copy stays empty), so each item carries ``num_skipped``, the bad files this
+    process met while serving it: summed over batches (and ranks) it counts every bad sample met, whichever worker
+    met it (:class:`vidtok.train.SkippedVideosMonitor` logs that sum).
+
+    Raises:
+        NoUsableVideosError: at construction, when not one listed video can be read (checked by reading videos in
+            order until one works, usually just the first).
     """
 
     def __init__(
@@ -188,7 +214,24 @@ class VidTokDataset(Dataset):
             raise ValueError(f"meta CSV {meta_path!r} lists no videos (after data_frac={data_frac} and dropna)")
         # path -> "reason: detail" for every video this process gave up on.
         self.skipped: dict[str, str] = {}
+        self._check_some_video_is_usable()
         logger.info("VidTokDataset: %d videos from %s under %s", len(self.video_paths), meta_path, data_dir)
+
+    def _check_some_video_is_usable(self) -> None:
+        """Read videos in order until one gives a clip; raise if none does. Failures are not recorded in
+        ``skipped``: they are counted and logged when training meets them."""
+        failures: dict[str, str] = {}
+        for path in self.video_paths:
+            try:
+                training_clip(path, self.video_params, self.transform, self.start_index)
+                return
+            except VideoReadError as err:
+                failures[path] = f"{err.reason}: {err.detail}"
+        raise no_usable_videos(
+            failures, f"meta CSV {self.meta_path!r}",
+            f"check data_dir={self.data_dir!r}, the CSV's 'videos' column and the files (ffprobe FILE shows why a "
+            "file does not decode)",
+        )
 
     @property
     def num_skipped(self) -> int:
@@ -206,6 +249,7 @@ class VidTokDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         count = len(self.video_paths)
         first = index % count
+        skipped_before = len(self.skipped)
         for offset in range(count):
             path = self.video_paths[(first + offset) % count]
             if path in self.skipped:
@@ -215,9 +259,11 @@ class VidTokDataset(Dataset):
             except VideoReadError as err:
                 self._skip_or_raise(err)
                 continue
-            return {"jpg": clip, "path": path}
-        reasons = "; ".join(f"{path}: {why}" for path, why in list(self.skipped.items())[:5])
-        raise RuntimeError(f"none of the {count} videos listed in {self.meta_path!r} can be read ({reasons} ...)")
+            return {"jpg": clip, "path": path, "num_skipped": len(self.skipped) - skipped_before}
+        raise no_usable_videos(
+            self.skipped, f"meta CSV {self.meta_path!r}",
+            "every listed video failed while training (were files removed or changed?); check the files",
+        )
 
     def _skip_or_raise(self, err: VideoReadError) -> None:
         skip_or_raise(err, self.skipped, skip_missing_files=self.skip_missing_files,
@@ -306,10 +352,19 @@ class VidTokValDataset(Dataset):
         self.video_paths = self._list_videos()
         for path in self.video_paths:
             self._index_video(path)
+        if not self.windows and len(self.skipped) == len(self.video_paths):
+            source = f"meta CSV {meta_path!r}" if meta_path is not None else f"data_dir {data_dir!r}"
+            raise no_usable_videos(
+                self.skipped, source,
+                "fix or replace those files, give longer videos, or ask for shorter clips (sample_num_frames, "
+                "chunk_size with read_long_video)",
+            )
         if not self.windows:
             raise ValueError(
                 f"no evaluation clips from {len(self.video_paths)} videos under {data_dir!r} "
-                f"(skipped: {self.skipped or 'none'}; last_frames_handle={last_frames_handle!r})"
+                f"(skipped: {self.skipped or 'none'}; last_frames_handle={last_frames_handle!r} dropped the windows "
+                f"of the others: they are shorter than sample_num_frames={self.video_params['sample_num_frames']} "
+                "sampled frames)"
             )
         logger.info("VidTokValDataset: %d clips from %d videos", len(self.windows), len(self.video_paths))
 

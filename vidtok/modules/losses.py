@@ -233,8 +233,10 @@ class GeneralLPIPSWithDiscriminator(nn.Module):
         return batch_to_time(frames, B)
 
     @staticmethod
-    def _disc_factor_log(value: float) -> torch.Tensor:
-        return torch.tensor(float(value))
+    def _disc_factor_log(value: float, like: torch.Tensor) -> torch.Tensor:
+        """`value` as a float32 scalar on `like`'s device: validation logs with `sync_dist=True`, and NCCL's
+        all-reduce accepts only CUDA tensors."""
+        return torch.tensor(float(value), device=like.device)
 
     # --- forward ---------------------------------------------------------------------------------------------------
 
@@ -325,7 +327,7 @@ class GeneralLPIPSWithDiscriminator(nn.Module):
                 f"{split}/rec_loss": rec_loss.detach().mean(),
                 f"{split}/p_loss": p_loss.detach().mean(),
                 f"{split}/d_weight": d_weight.detach(),
-                f"{split}/disc_factor": self._disc_factor_log(disc_factor),
+                f"{split}/disc_factor": self._disc_factor_log(disc_factor, g_loss),
                 f"{split}/g_loss": g_loss.detach().mean(),
             }
         )
@@ -357,7 +359,7 @@ class GeneralLPIPSWithDiscriminator(nn.Module):
             f"{split}/disc_loss": d_loss.clone().detach().mean(),
             f"{split}/logits_real": logits_real.detach().mean(),
             f"{split}/logits_fake": logits_fake.detach().mean(),
-            f"{split}/disc_factor": self._disc_factor_log(disc_factor),
+            f"{split}/disc_factor": self._disc_factor_log(disc_factor, d_loss),
             f"{split}/non_saturated_d_loss": non_saturated_d_loss.detach(),
         }
         if lecam_loss is not None:
