@@ -110,8 +110,9 @@ class VidTokShardDataset(IterableDataset):
         seed: seed of the per-epoch shard order.
 
     Items are ``{"jpg": float [C, sample_num_frames, H, W] in [-1, 1], "path": "url#key", "__key__", "__url__",
-    "finished_shards": URLs joined by newlines}``. Skipped samples are recorded in ``skipped`` (``url#key`` ->
-    reason) and logged, per process, as in ``VidTokDataset``.
+    "finished_shards": URLs joined by newlines, "num_skipped": bad samples passed over before this one}``. Skipped
+    samples are recorded in ``skipped`` (``url#key`` -> reason) and logged, per process, as in ``VidTokDataset``,
+    whose ``num_skipped`` item field :class:`vidtok.train.SkippedVideosMonitor` sums the same way.
     """
 
     def __init__(
@@ -171,6 +172,7 @@ class VidTokShardDataset(IterableDataset):
         served: Counter[str] = Counter()
         sizes: dict[str, int] = {}
         finished: list[str] = []
+        skipped_before = len(self.skipped)
         for sample in samples:
             url = sample["__url__"]
             served[url] += 1
@@ -195,8 +197,10 @@ class VidTokShardDataset(IterableDataset):
                 "__key__": sample["__key__"],
                 "__url__": url,
                 "finished_shards": URL_SEPARATOR.join(finished),
+                "num_skipped": len(self.skipped) - skipped_before,
             }
             finished = []
+            skipped_before = len(self.skipped)
 
 
 class ShardProgress(pl.Callback):
