@@ -14,6 +14,7 @@ import logging
 import sys
 
 from vidtok.data.video_read import VideoReadError
+from vidtok.errors import VidTokError
 from vidtok.inference import VideoWriter, add_precision_arguments, default_device, to_uint8
 from vidtok.tokens import LATENT_DTYPES, encode_video, iter_decoded_frames, load_model_for, load_tokens, save_tokens
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 for video in frames:
                     writer.write(to_uint8(video))
             sys.stdout.write(f"{writer.num_frames} frames at {encoded.fps:g} fps -> {writer.path}\n")
-    except (FileNotFoundError, ValueError, VideoReadError) as err:
+    except (VidTokError, FileNotFoundError, ValueError, VideoReadError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 1
     return 0
