@@ -231,11 +231,23 @@ def test_missing_metadata_keys_are_named(token_file, tmp_path, capsys, key):
     assert "incomplete.npz" in line and f"no metadata key {key!r}" in line
 
 
-def test_metadata_of_the_wrong_type_is_named(token_file, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda meta: meta["clips"].update(clip_frames="17"), "'clips.clip_frames' is '17', not a int"),
+        (lambda meta: meta["model"].update(causal=1), "'model.causal' is 1, not a bool"),
+        (lambda meta: meta["model"].update(spatial_downsample_factor=0), "'model.spatial_downsample_factor' is 0, it "
+         "must be positive"),
+        (lambda meta: meta["video"].update(fps=-30.0), "'video.fps' is -30.0, it must be positive"),
+        (lambda meta: meta.update(version="2"), "has format version 2; this vidtok reads up to 1"),
+        (lambda meta: meta["clips"].update(layout=[[0, 18]]), "clip [0, 18] of metadata 'clips.layout'"),
+    ],
+)
+def test_metadata_values_of_the_wrong_type_or_range_are_named(token_file, tmp_path, capsys, edit, named):
     good, ckpt = token_file
-    path = rewrite(good, tmp_path / "typed.npz", edit=lambda meta: meta["clips"].update(clip_frames="17"))
+    path = rewrite(good, tmp_path / "typed.npz", edit=edit)
     line = decode_error(capsys, path, "-o", tmp_path / "o.mp4", "--ckpt", ckpt)
-    assert "typed.npz" in line and "'clips.clip_frames' is '17', not a int" in line
+    assert "typed.npz" in line and named in line
 
 
 @pytest.mark.parametrize(
@@ -253,7 +265,7 @@ def test_arrays_that_do_not_fit_the_metadata_are_refused(token_file, tmp_path, c
     good, ckpt = token_file
     path = rewrite(good, tmp_path / "reshaped.npz", tokens=change)
     line = decode_error(capsys, path, "-o", tmp_path / "o.mp4", "--ckpt", ckpt)
-    assert "reshaped.npz" in line and named in line and "[1, T', 8, 8] (rank 4" in line
+    assert "reshaped.npz" in line and named in line and "[1, T', 8, 8] (rank 4: 1 clip(s) of 32x32" in line
 
 
 def test_kl_latents_with_other_channels_are_refused(models, video, tmp_path, capsys):

@@ -332,7 +332,7 @@ def load_tokens(path: str | Path) -> EncodedVideo:
             f"{str(path)!r} is not a vidtok token file (format {found!r}); pass a file written by `python -m vidtok "
             "encode`"
         )
-    if meta.get("version", 0) > FORMAT_VERSION:
+    if not isinstance(meta.get("version", 0), int) or meta.get("version", 0) > FORMAT_VERSION:
         raise TokenFileError(
             f"{str(path)!r} has format version {meta['version']}; this vidtok reads up to {FORMAT_VERSION}: "
             "update vidtok"
@@ -374,8 +374,10 @@ def _meta_field(encoded: EncodedVideo, key: str, kind: type | tuple[type, ...]) 
         if not isinstance(node, dict) or part not in node:
             raise TokenFileError(f"{encoded.where} has no metadata key {key!r}; it is incomplete: {REENCODE}")
         node = node[part]
-    if not isinstance(node, kind) or (kind is int and isinstance(node, bool)):
+    if not isinstance(node, kind) or (kind is not bool and isinstance(node, bool)):
         raise TokenFileError(f"{encoded.where}: metadata {key!r} is {node!r}, not a {_type_names(kind)}; {REENCODE}")
+    if isinstance(node, int | float) and not isinstance(node, bool) and not node > 0:  # counts, sizes, factors, fps
+        raise TokenFileError(f"{encoded.where}: metadata {key!r} is {node!r}, it must be positive; {REENCODE}")
     return node
 
 
@@ -419,7 +421,7 @@ def check_tokens(encoded: EncodedVideo) -> None:
     if not (dtype_ok and tokens.ndim == rank and tokens.shape[: len(lead)] == lead and tokens.shape[-2:] == grid):
         raise TokenFileError(
             f"{where}: 'tokens' is {tokens.dtype} {list(tokens.shape)} (rank {tokens.ndim}), but its metadata "
-            f"describes {described}, {grid[0]}, {grid[1]}] (rank {rank}: {n} clips of {video['height']}x"
+            f"describes {described}, {grid[0]}, {grid[1]}] (rank {rank}: {n} clip(s) of {video['height']}x"
             f"{video['width']} frames, spatial factor {f}); the array was damaged or replaced: {REENCODE}"
         )
     if codebook is not None and tokens.size and int(tokens.max()) >= codebook:
