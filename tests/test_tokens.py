@@ -460,3 +460,22 @@ def test_tiled_encode_and_decode(models, tmp_path, capsys):
     assert len(decord.VideoReader(str(tmp_path / "t.mp4"))) == 5
     assert cli(["decode", str(tokens), "-o", str(tmp_path / "u.mp4"), "--ckpt", str(ckpt), "--tile_size", "30"]) == 1
     assert "--tile_size" in capsys.readouterr().err and not (tmp_path / "u.mp4").exists()
+
+
+def test_files_written_before_the_model_section_alone_was_stored_still_decode(token_file, tmp_path, capsys,
+                                                                              monkeypatch):
+    """Older files stored the whole training config (data and trainer targets, interpolations) and absolute paths:
+    only the model section is read, and only the checkpoint's file name is looked up."""
+    good, ckpt = token_file
+
+    def old_style(meta):
+        node = tiny_model_config(regularizer="fsq")
+        node["params"]["decoder_config"]["params"] = "${model.params.encoder_config.params}"
+        data = {"target": "vidtok.data.datamodule.DataModuleFromConfig", "params": {"batch_size": 1}}
+        meta["model"]["config_yaml"] = OmegaConf.to_yaml(OmegaConf.create({"model": node, "data": data}))
+        meta["model"]["ckpt"] = str(Path("/elsewhere/checkpoints") / ckpt.name)
+
+    path = rewrite(good, tmp_path / "old.npz", edit=old_style)
+    monkeypatch.chdir(ckpt.parent)
+    assert cli(["decode", str(path), "-o", str(tmp_path / "old.mp4")]) == 0
+    assert "10 frames at 15 fps" in capsys.readouterr().out
