@@ -87,7 +87,7 @@ def kernel(request, monkeypatch):
     calls = []
     real = fast_conv.winograd_conv
     monkeypatch.setattr(fast_conv, "winograd_conv", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(fast_conv, "_process_enabled", fast_conv.fast_convs_enabled())  # restored afterwards
+    monkeypatch.setattr(fast_conv, "_process_enabled", fast_conv._process_enabled)  # restored afterwards
     fast_conv.set_fast_convs(request.param == "winograd")
     yield request.param
     assert bool(calls) == (request.param == "winograd")
