@@ -14,6 +14,7 @@ import torch
 
 from tests.conftest import CONFIGS
 from vidtok import load_model_from_config
+from vidtok.modules import fast_conv
 
 V1_0 = sorted(p.stem for p in CONFIGS.glob("vidtok_*.yaml"))
 V1_1 = sorted(p.stem for p in (CONFIGS / "vidtok_v1_1").glob("vidtok_*.yaml"))
@@ -39,6 +40,7 @@ def state_dict_listing(model: torch.nn.Module) -> list[tuple[str, str, str]]:
 
 def test_every_official_config_has_vectors(conformance_dir):
     assert len(V1_0) == 16 and len(V1_1) == 7
+    assert DIRECT_KERNEL_CONFIGS <= set(V1_0) | set(V1_1)
     assert {p.stem for p in (conformance_dir / "keys").glob("*.tsv")} == set(V1_0)
     assert {p.stem for p in (conformance_dir / "vectors").glob("*.pt")} == set(V1_0)
     assert {p.stem for p in (conformance_dir / "keys" / "v1_1").glob("*.tsv")} == set(V1_1)
@@ -65,8 +67,34 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("VIDTOK_VGG16_PATH", str(tmp_path / "no-vgg16.pth"))
 
 
-@pytest.mark.parametrize("name", V1_0)
-def test_v1_0_config_matches_original(name, conformance_dir, recipe, offline):
+# the direct kernel on one config per family (v1.0 causal FSQ, non-causal KL, v1.1 KL and FSQ): all 23 under both
+# kernels would double the longest test file of the suite
+DIRECT_KERNEL_CONFIGS = {
+    "vidtok_fsq_causal_488_4096", "vidtok_kl_noncausal_488_4chn", "vidtok_kl_causal_488_4chn_v1_1",
+    "vidtok_fsq_causal_488_32768_v1_1",
+}
+
+
+def with_kernels(names: list[str]) -> list[tuple[str, str]]:
+    """(config, kernel): every config under Winograd, those of DIRECT_KERNEL_CONFIGS under the direct kernel too."""
+    return [(n, k) for n in names for k in ("winograd", "direct") if k == "winograd" or n in DIRECT_KERNEL_CONFIGS]
+
+
+@pytest.fixture
+def kernel(request, monkeypatch):
+    """Run the test with the fp32 CPU convolutions as Winograd (the default) or PyTorch's direct kernel, and check
+    afterwards that the Winograd path ran exactly when asked for."""
+    calls = []
+    real = fast_conv.winograd_conv
+    monkeypatch.setattr(fast_conv, "winograd_conv", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(fast_conv, "_process_enabled", fast_conv._process_enabled)  # restored afterwards
+    fast_conv.set_fast_convs(request.param == "winograd")
+    yield request.param
+    assert bool(calls) == (request.param == "winograd")
+
+
+@pytest.mark.parametrize(("name", "kernel"), with_kernels(V1_0), indirect=["kernel"])
+def test_v1_0_config_matches_original(name, conformance_dir, recipe, offline, kernel):
     keys = read_keys(conformance_dir / "keys" / f"{name}.tsv")
     vectors = torch.load(conformance_dir / "vectors" / f"{name}.pt", weights_only=True)
 
@@ -105,8 +133,8 @@ def test_v1_0_config_matches_original(name, conformance_dir, recipe, offline):
 
 
 
-@pytest.mark.parametrize("name", V1_1)
-def test_v1_1_config_matches_original_full_pass(name, conformance_dir, recipe, offline):
+@pytest.mark.parametrize(("name", "kernel"), with_kernels(V1_1), indirect=["kernel"])
+def test_v1_1_config_matches_original_full_pass(name, conformance_dir, recipe, offline, kernel):
     keys = read_keys(conformance_dir / "keys" / "v1_1" / f"{name}.tsv")
     vectors = torch.load(conformance_dir / "vectors" / "v1_1" / f"{name}.pt", weights_only=True)
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+
 import pytest
 import torch
 
@@ -102,3 +107,54 @@ def test_direct_convs_turns_winograd_off_inside_the_block(winograd_calls: list) 
     assert len(winograd_calls) == 1
     torch.testing.assert_close(direct, torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1))
     _close(fast, direct)
+
+
+def _winograd_in_new_thread(conv: FastConv2d, x: torch.Tensor, winograd_calls: list) -> bool:
+    """Run `conv(x)` without autograd in a freshly started thread; whether it took the Winograd path."""
+    before = len(winograd_calls)
+
+    def work() -> None:
+        with torch.no_grad():
+            conv(x)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    return len(winograd_calls) > before
+
+
+def test_the_process_wide_switch_reaches_new_threads(winograd_calls: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fast_conv, "_process_enabled", True)  # restored afterwards
+    conv, x = FastConv2d(64, 64, 3, padding=1), torch.randn(4, 64, 16, 16)
+    assert _winograd_in_new_thread(conv, x, winograd_calls)
+    with fast_conv.direct_convs():  # a block of this thread only: a thread started inside it still runs Winograd
+        assert not fast_conv.fast_convs_enabled()
+        assert _winograd_in_new_thread(conv, x, winograd_calls)
+    fast_conv.set_fast_convs(False)
+    assert not fast_conv.fast_convs_enabled()
+    assert not _winograd_in_new_thread(conv, x, winograd_calls)
+    with torch.no_grad():
+        conv(x)  # and this thread too
+    assert len(winograd_calls) == 2
+    fast_conv.set_fast_convs(True)
+    assert _winograd_in_new_thread(conv, x, winograd_calls)
+
+
+@pytest.mark.parametrize(("value", "enabled"), [("0", False), ("1", True)])
+def test_vidtok_fast_conv_environment_variable_sets_the_switch(value: str, enabled: bool) -> None:
+    code = "from vidtok.modules import fast_conv; print(fast_conv.fast_convs_enabled())"
+    env = {**os.environ, "VIDTOK_FAST_CONV": value}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(enabled)
+
+
+def test_jit_trace_records_the_direct_kernel(winograd_calls: list) -> None:
+    torch.manual_seed(0)
+    conv = FastConv2d(64, 64, 3, padding=1).eval()
+    x = torch.randn(2, 64, 32, 32)
+    with torch.no_grad():
+        traced = torch.jit.trace(conv, x, check_trace=False)  # the check would rerun it eagerly, as Winograd
+        assert winograd_calls == []
+        assert "aten::_convolution" in str(traced.graph) and "aten::bmm" not in str(traced.graph)
+        other = torch.randn(1, 64, 24, 40)  # a traced Winograd plan would be frozen to the first size
+        torch.testing.assert_close(traced(other), torch.nn.functional.conv2d(other, conv.weight, conv.bias, padding=1))

@@ -380,3 +380,36 @@ def test_missing_diffusers_gives_an_install_hint(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(ImportError, match=r"vidtok\[diffusers\]"):
         interop.to_diffusers(load_model_from_config(full_config(tiny_model_config(variant="v1.1"))))
+
+
+def test_import_reads_only_local_files_unless_downloads_are_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("importing a diffusers model opened a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    ckpt, config = tmp_path / "out.ckpt", tmp_path / "out.yaml"
+    with pytest.raises(interop.DiffusersSourceError) as info:
+        interop.import_from_diffusers("vidtok-tests/not-cached", ckpt, config)
+    assert "'vidtok-tests/not-cached'" in str(info.value) and "allow_download=True" in str(info.value)
+    assert not ckpt.exists() and not config.exists()
+
+    asked = []
+
+    class Recorder:
+        @classmethod
+        def from_pretrained(cls, source, **kwargs):
+            asked.append(kwargs)
+            raise OSError("offline")
+
+    monkeypatch.setattr(interop, "_diffusers_class", lambda: Recorder)
+    with pytest.raises(interop.DiffusersSourceError):
+        interop.load_diffusers("org/model")
+    with pytest.raises(OSError, match="offline"):  # the Hub's own error, once the user asked for it
+        interop.load_diffusers("org/model", allow_download=True)
+    assert asked == [{"local_files_only": True}, {"local_files_only": False}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 from tests.video_helpers import psnr_reference, save_fake_i3d, ssim_reference
 from vidtok import metrics
+from vidtok.errors import VidTokError
 from vidtok.metrics import (
     FeatureStatistics,
     FVDAccumulator,
@@ -274,3 +276,31 @@ def test_psnr_reference_agrees_with_ours_in_float64():
     torch.manual_seed(4)
     x, y = torch.rand(4, 3, 16, 16).double(), torch.rand(4, 3, 16, 16).double()
     np.testing.assert_allclose(psnr_per_frame(x, y).numpy(), psnr_reference(x.numpy(), y.numpy()), rtol=1e-12)
+
+
+def test_an_i3d_file_with_another_digest_is_refused_before_it_is_loaded(fake_i3d_path, monkeypatch):
+    monkeypatch.delenv(metrics.I3D_SHA256_ENV, raising=False)
+    loads = []
+    real_load = torch.jit.load
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    actual = hashlib.sha256(fake_i3d_path.read_bytes()).hexdigest()
+    wrong = "0" * 64
+    for given in ({"sha256": wrong}, {}):
+        if not given:
+            monkeypatch.setenv(metrics.I3D_SHA256_ENV, wrong.upper())  # the variable, in either case
+        with pytest.raises(metrics.I3DChecksumError) as info:
+            load_i3d(fake_i3d_path, **given)
+        message = str(info.value)
+        assert str(fake_i3d_path) in message and actual in message and wrong in message
+    assert loads == []
+    with pytest.raises(VidTokError, match="64 hexadecimal digits"):
+        load_i3d(fake_i3d_path, sha256="abc")
+    assert load_i3d(fake_i3d_path, sha256=actual) is not None and len(loads) == 1
+
+
+def test_an_i3d_file_without_a_known_digest_loads_with_a_warning_giving_it(fake_i3d_path, monkeypatch, caplog):
+    monkeypatch.delenv(metrics.I3D_SHA256_ENV, raising=False)
+    assert metrics.I3D_SHA256 is None  # no published digest is known (see metrics.I3D_SHA256)
+    with caplog.at_level("WARNING", logger="vidtok.metrics"):
+        load_i3d(fake_i3d_path)
+    assert hashlib.sha256(fake_i3d_path.read_bytes()).hexdigest() in caplog.text and "not verified" in caplog.text

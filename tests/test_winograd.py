@@ -96,6 +96,25 @@ def test_workspace_is_reused_across_calls_and_can_be_released() -> None:
     assert winograd._workspace().buffer.numel() == 0
 
 
+def test_a_workspace_made_under_inference_mode_serves_later_no_grad_calls() -> None:
+    """Under inference_mode a new buffer would be an inference tensor, which no_grad code may not write into."""
+    torch.manual_seed(0)
+    release_workspace()
+    weight, bias = torch.randn(5, 4, 3, 3), torch.randn(5)
+    x = torch.randn(2, 8, 8, 4)
+    with torch.inference_mode():
+        first = winograd_conv(x, weight, bias)
+    with torch.no_grad():
+        again = winograd_conv(x, weight, bias)
+    assert first.is_inference() and not again.is_inference()
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    _assert_close_to_direct(again, _reference(x, weight, bias, 0))
+    with torch.inference_mode():  # and back: the same buffer serves both modes
+        buffer = winograd._workspace().buffer.data_ptr()
+        torch.testing.assert_close(winograd_conv(x, weight, bias), first, rtol=0, atol=0)
+        assert winograd._workspace().buffer.data_ptr() == buffer
+
+
 def test_winograd_applies_only_to_fp32_cpu_inference_of_plain_3x3_kernels() -> None:
     conv = torch.nn.Conv2d(64, 64, 3, padding=1)
     x = torch.randn(1, 64, 8, 8)

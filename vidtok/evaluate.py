@@ -384,12 +384,16 @@ def evaluate(
 
 
 def load_metric_networks(
-    metrics: Sequence[str], device: torch.device | str = "cpu", i3d_path: str | Path | None = None
+    metrics: Sequence[str],
+    device: torch.device | str = "cpu",
+    i3d_path: str | Path | None = None,
+    i3d_sha256: str | None = None,
 ) -> tuple[torch.nn.Module | None, torch.nn.Module | None]:
     """`(lpips_model, i3d)` for the chosen metrics (None for those not chosen), loaded before any video is read
-    so that missing weights fail at once, with a FileNotFoundError naming the file."""
+    so that missing weights fail at once, with a FileNotFoundError naming the file; the I3D file is checked
+    against `i3d_sha256` (or `$VIDTOK_I3D_SHA256`) first, see :func:`vidtok.metrics.verify_i3d`."""
     from vidtok.metrics import load_i3d, load_lpips
 
     lpips_model = load_lpips(device) if "lpips" in metrics else None
-    i3d = load_i3d(i3d_path, device) if "fvd" in metrics else None
+    i3d = load_i3d(i3d_path, device, sha256=i3d_sha256) if "fvd" in metrics else None
     return lpips_model, i3d

@@ -27,9 +27,11 @@ numbers from here are comparable with StyleGAN-V-protocol numbers, not necessari
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
+import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -39,6 +41,8 @@ import numpy as np
 import scipy.linalg
 import torch
 import torch.nn.functional as F
+
+from vidtok.errors import VidTokError
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +58,11 @@ FRAME_METRICS = ("psnr", "ssim", "lpips")
 I3D_FILENAME = "i3d_torchscript.pt"
 I3D_URL = "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1"
 I3D_ENV = "VIDTOK_I3D_PATH"
+# The SHA-256 of the file at I3D_URL. Neither the VidTok spec nor the StyleGAN-V code that publishes the file records
+# one, so none is built in (a made-up number would refuse the true file): the digest comes from `sha256=` or
+# $VIDTOK_I3D_SHA256, and without either the file is loaded unverified, with a warning that prints its digest.
+I3D_SHA256: str | None = None
+I3D_SHA256_ENV = "VIDTOK_I3D_SHA256"
 # StyleGAN-V's FVD clips: 16 consecutive frames (`fvd2048_16f`).
 FVD_NUM_FRAMES = 16
 
@@ -305,9 +314,56 @@ def find_i3d(path: str | Path | None = None) -> Path:
     )
 
 
-def load_i3d(path: str | Path | None = None, device: torch.device | str = "cpu") -> torch.jit.ScriptModule:
-    """Load the I3D TorchScript found by :func:`find_i3d` onto `device`, in eval mode."""
+class I3DChecksumError(VidTokError):
+    """The I3D TorchScript file is not the one whose SHA-256 was given: it is not loaded."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while piece := f.read(1 << 20):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def verify_i3d(file: str | Path, sha256: str | None = None) -> None:
+    """Check `file` against the expected SHA-256: `sha256`, else `$VIDTOK_I3D_SHA256`, else :data:`I3D_SHA256`.
+    With none of them set the file cannot be checked: a warning gives its digest, to pin with the variable.
+
+    TorchScript runs code stored in the file, so this happens before `torch.jit.load` ever sees it.
+
+    Raises:
+        I3DChecksumError: the file's digest differs (naming the file and both digests).
+        VidTokError: the expected digest is not 64 hexadecimal digits.
+    """
+    given = [("sha256", sha256), (f"${I3D_SHA256_ENV}", os.environ.get(I3D_SHA256_ENV)),
+             ("vidtok.metrics.I3D_SHA256", I3D_SHA256)]
+    source, expected = next(((name, value) for name, value in given if value), (None, None))
+    actual = file_sha256(file)
+    if expected is None:
+        logger.warning(
+            "I3D file %s is not verified: no SHA-256 is known for it; its SHA-256 is %s (set $%s to it to pin it)",
+            file, actual, I3D_SHA256_ENV,
+        )
+        return
+    expected = expected.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise VidTokError(f"the expected I3D SHA-256 from {source} ({expected!r}) is not 64 hexadecimal digits")
+    if actual != expected:
+        raise I3DChecksumError(
+            f"I3D file {str(file)!r} has SHA-256 {actual}, but {expected} is expected (from {source}): it is damaged, "
+            f"incomplete or another file, and is not loaded; download it again from {I3D_URL}"
+        )
+
+
+def load_i3d(
+    path: str | Path | None = None, device: torch.device | str = "cpu", sha256: str | None = None
+) -> torch.jit.ScriptModule:
+    """Load the I3D TorchScript found by :func:`find_i3d` onto `device`, in eval mode, once its SHA-256 has been
+    checked (:func:`verify_i3d`; `sha256` overrides the expected digest)."""
     file = find_i3d(path)
+    verify_i3d(file, sha256)
     logger.info("loading I3D from %s", file)
     with warnings.catch_warnings():
         # the detector is a TorchScript archive, so jit.load is the only way in; its deprecation notice is noise

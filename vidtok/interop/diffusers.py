@@ -57,6 +57,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vidtok.api import load_config, load_model_from_config
 from vidtok.checkpoint import check_compatible, read_state_dict
+from vidtok.errors import VidTokError
 from vidtok.modules.decoder import VideoDecoder
 from vidtok.modules.ema import shadow_name
 from vidtok.modules.encoder import VideoEncoder
@@ -176,6 +177,10 @@ V1_0_CAUSAL_WARNING = (
 
 class DiffusersIncompatibleError(ValueError):
     """A model or config that diffusers' `AutoencoderVidTok` cannot represent (or the reverse)."""
+
+
+class DiffusersSourceError(VidTokError):
+    """A diffusers model that is neither a local folder nor in the Hugging Face cache, with downloads off."""
 
 
 class DiffusersSemanticsWarning(UserWarning):
@@ -601,15 +606,32 @@ def export_to_diffusers(
     return dmodel
 
 
+def load_diffusers(source: str | Path, allow_download: bool = False) -> AutoencoderVidTok:
+    """diffusers' `AutoencoderVidTok.from_pretrained(source)`: a local `save_pretrained` folder, or a Hub id
+    already in the Hugging Face cache. The Hub is asked (and files fetched) only with `allow_download=True`.
+
+    Raises:
+        DiffusersSourceError: `source` is neither a folder nor cached, and downloads are off.
+    """
+    try:
+        return _diffusers_class().from_pretrained(str(source), local_files_only=not allow_download)
+    except OSError as err:
+        if allow_download or Path(source).exists():
+            raise
+        raise DiffusersSourceError(
+            f"diffusers model {str(source)!r} is neither a local folder nor in the Hugging Face cache, and downloads "
+            "are off: pass the folder that save_pretrained wrote, or allow fetching it from the Hub "
+            "(allow_download=True)"
+        ) from err
+
+
 def import_from_diffusers(
-    source: str | Path | AutoencoderVidTok, ckpt_out: str | Path, config_out: str | Path
+    source: str | Path | AutoencoderVidTok, ckpt_out: str | Path, config_out: str | Path, allow_download: bool = False
 ) -> AutoencodingEngine:
-    """Write a diffusers model (a local `save_pretrained` folder, or the model) as a vidtok checkpoint
-    (`.ckpt` with a `state_dict`, or `.safetensors`) plus the config that builds it."""
-    if isinstance(source, str | Path):
-        dmodel = _diffusers_class().from_pretrained(str(source))
-    else:
-        dmodel = source
+    """Write a diffusers model (a local `save_pretrained` folder, a cached Hub id, or the model) as a vidtok
+    checkpoint (`.ckpt` with a `state_dict`, or `.safetensors`) plus the config that builds it. Nothing is
+    downloaded unless `allow_download` (see :func:`load_diffusers`)."""
+    dmodel = load_diffusers(source, allow_download) if isinstance(source, str | Path) else source
     config = config_from_diffusers(dmodel)
     model = from_diffusers(dmodel)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

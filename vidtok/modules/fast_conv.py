@@ -3,11 +3,17 @@
 
 Inference in fp32 on CPU runs Winograd F(4×4, 3×3) (`winograd.py`) where the layer has enough output pixels to
 repay transforming its weights on every call (the transformed weights are 4× the weight's size, too much to keep for
-a 157M-parameter model); everything else, training and `torch.compile` included, runs PyTorch's direct convolution.
+a 157M-parameter model); everything else, training, `torch.compile` and `torch.jit.trace` included, runs PyTorch's
+direct convolution.
+
+Two switches turn the Winograd path off: :func:`set_fast_convs` for the whole process, every thread included
+(`VIDTOK_FAST_CONV=0` in the environment starts the process with it off), and the :func:`direct_convs` block for
+the current thread (a context variable: threads started inside the block do not see it).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -23,12 +29,28 @@ MIN_WINOGRAD_PIXELS = 1024
 
 
 _winograd_enabled: ContextVar[bool] = ContextVar("vidtok_winograd", default=True)
+# a plain global, not a context variable, so that threads started later (data loaders, servers) see it too
+_process_enabled = os.environ.get("VIDTOK_FAST_CONV", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def set_fast_convs(enabled: bool) -> None:
+    """Allow (the default) or forbid the Winograd path in every thread of the process, those already running and
+    those started later; `VIDTOK_FAST_CONV=0` sets it off when vidtok is imported."""
+    global _process_enabled
+    _process_enabled = bool(enabled)
+
+
+def fast_convs_enabled() -> bool:
+    """Whether convs called from this thread may take the Winograd path: the process-wide switch is on and no
+    :func:`direct_convs` block is open here."""
+    return _process_enabled and _winograd_enabled.get()
 
 
 @contextmanager
 def direct_convs() -> Iterator[None]:
-    """Run every conv with PyTorch's direct kernel inside this block: results rounded as the original's are (to
-    compare bit-for-bit with it, or to count a model's FLOPs as a direct convolution computes them)."""
+    """Run every conv of the current thread with PyTorch's direct kernel inside this block: results rounded as the
+    original's are (to compare bit-for-bit with it, or to count a model's FLOPs as a direct convolution computes
+    them). Threads started inside the block do not inherit it; :func:`set_fast_convs` reaches every thread."""
     token = _winograd_enabled.set(False)
     try:
         yield
@@ -37,10 +59,12 @@ def direct_convs() -> Iterator[None]:
 
 
 def _use_winograd(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> bool:
-    # under torch.compile the direct conv: the banded Python loop would unroll into a huge graph
+    # under torch.compile or torch.jit.trace the direct conv: the banded Python loop would unroll into a huge graph,
+    # and a trace would freeze the band plan of one input size
     return (
-        _winograd_enabled.get()
+        fast_convs_enabled()
         and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
         and winograd_applies(conv, x)
         and x.numel() // x.shape[1] >= MIN_WINOGRAD_PIXELS  # output pixels per frame tap
     )

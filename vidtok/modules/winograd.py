@@ -98,7 +98,10 @@ class _Workspace:
 
     def reserve(self, numel: int, like: torch.Tensor) -> None:
         if self.buffer.numel() < numel or self.buffer.dtype != like.dtype or self.buffer.device != like.device:
-            self.buffer = like.new_empty(numel)
+            # a normal tensor even under inference_mode: an inference tensor could not be written in place by a
+            # later call under no_grad on this thread, and a normal one serves both modes
+            with torch.inference_mode(False):
+                self.buffer = torch.empty(numel, dtype=like.dtype, device=like.device)
         self.offset = 0
 
     def take(self, *shape: int) -> torch.Tensor:
