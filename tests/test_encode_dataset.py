@@ -138,8 +138,10 @@ def test_fsq_indices_are_identical_to_encode_and_decode_key_gives_the_same_video
     everything = np.concatenate([t.ravel() for t, _ in samples.values()]).astype(np.int64)
     assert stats["histogram"] == np.bincount(everything, minlength=512).tolist()
 
-    assert main(["decode", str(out / "part-0-00000.tar"), "--key", "b", "-o", str(tmp_path / "b.mp4")]) == 0
-    assert main(["decode", str(tmp_path / "b.npz"), "-o", str(tmp_path / "b_ref.mp4")]) == 0
+    # token files record the checkpoint by name only; it is not beside them here, so it is passed
+    model = model_flags(data, "fsq")
+    assert main(["decode", str(out / "part-0-00000.tar"), "--key", "b", "-o", str(tmp_path / "b.mp4"), *model]) == 0
+    assert main(["decode", str(tmp_path / "b.npz"), "-o", str(tmp_path / "b_ref.mp4"), *model]) == 0
     assert (tmp_path / "b.mp4").read_bytes() == (tmp_path / "b_ref.mp4").read_bytes()
     capsys.readouterr()
     assert main(["decode", str(out / "part-0-00000.tar"), "--key", "zzz", "-o", str(tmp_path / "x.mp4")]) == 1

@@ -142,14 +142,10 @@ def next_part(out: Path, rank: int) -> int:
     return max(numbers, default=-1) + 1
 
 
-def relative_meta(meta: dict[str, Any], name: str, out: Path) -> dict[str, Any]:
-    """A token file's metadata with relative paths only: config and checkpoint relative to `out`, the video named
-    as the input names it (CSV path or ``shard#key``)."""
-    model = dict(meta["model"])
-    for field in ("config", "ckpt"):
-        if model.get(field):
-            model[field] = os.path.relpath(model[field], out.resolve())
-    return {**meta, "model": model, "video": {**meta["video"], "source": name}}
+def sample_meta(meta: dict[str, Any], name: str) -> dict[str, Any]:
+    """A token file's metadata (config and checkpoint already file names only) with the video named as the input
+    names it (CSV path or ``shard#key``)."""
+    return {**meta, "video": {**meta["video"], "source": name}}
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -209,7 +205,7 @@ class DatasetEncoder(pl.LightningModule):
             logger.warning("%s: %s (%s); listed in failed.csv", item["name"], err.reason, err.detail)
             self.failed.append([item["name"], err.reason, err.detail])
         else:
-            meta = relative_meta(encoded.meta, item["name"], self.out)
+            meta = sample_meta(encoded.meta, item["name"])
             self.writer.write({"__key__": item["key"], TOKENS: npy_bytes(encoded.tokens),
                                META: json.dumps(meta).encode()})
             self.stats.update(encoded.tokens)

@@ -14,6 +14,7 @@ import io
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from torch.utils.data import IterableDataset
 
 from vidtok.data.shards import shard_urls
 from vidtok.errors import VidTokError
-from vidtok.tokens import EncodedVideo
+from vidtok.tokens import EncodedVideo, check_tokens
 
 TOKENS = "tokens.npy"
 META = "json"
@@ -101,22 +102,21 @@ class TokenShardDataset(IterableDataset):
 
 
 def read_token_sample(url: str, key: str) -> EncodedVideo:
-    """The sample `key` of the shard `url` as an :class:`EncodedVideo`, its recorded config and checkpoint paths
-    made absolute again (they are relative to the shard's folder).
+    """The sample `key` of the shard `url` as an :class:`EncodedVideo`, checked like a token file
+    (:func:`vidtok.tokens.check_tokens`); its recorded checkpoint is looked for beside the shard.
 
     Raises:
         VidTokError: no such shard or no such key in it (the message lists a few keys it has).
+        TokenFileError: the sample's metadata and tokens do not describe each other.
     """
     if not os.path.isfile(url):
         raise VidTokError(f"token shard {url!r} does not exist; give a part-*.tar file written by encode-dataset")
     keys = []
     for found, tokens, meta in iter_token_samples([url]):
         if found == key:
-            base = os.path.dirname(os.path.abspath(url))
-            for name in ("config", "ckpt"):
-                if meta["model"].get(name):
-                    meta["model"][name] = os.path.normpath(os.path.join(base, meta["model"][name]))
-            return EncodedVideo(kind=meta["kind"], tokens=tokens, meta=meta)
+            encoded = EncodedVideo(kind=meta["kind"], tokens=tokens, meta=meta, path=Path(url))
+            check_tokens(encoded)
+            return encoded
         keys.append(found)
     raise VidTokError(f"no sample {key!r} in {url!r} (it has {len(keys)}: {', '.join(keys[:5])}"
                       f"{' ...' if len(keys) > 5 else ''}); pass one of them with --key")
