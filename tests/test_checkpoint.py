@@ -7,11 +7,11 @@ import pickle
 import pytest
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from tests.conftest import tiny_model_config
 from vidtok import load_model_from_config
-from vidtok.checkpoint import CheckpointMismatchError
+from vidtok.checkpoint import CheckpointMismatchError, export_weights
 from vidtok.util import instantiate_from_config
 
 
@@ -151,3 +151,31 @@ def test_pickles_that_run_code_are_refused(tmp_path, tiny):
         pickle.dump({"state_dict": _Payload()}, f)
     with pytest.raises(ValueError, match="weights-only"):
         load_model_from_config(cfg_path, evil)
+
+
+def test_export_weights_keeps_the_tokenizer_in_float16(tiny, tmp_path):
+    model, cfg_path, ckpt = tiny
+    out = export_weights(ckpt, tmp_path / "small.safetensors")
+    exported = load_file(str(out))
+    assert set(exported) == set(model.state_dict())  # loss.* left behind
+    assert {v.dtype for v in exported.values() if v.is_floating_point()} == {torch.float16}
+    loaded = load_model_from_config(cfg_path, out)
+    for key, value in model.state_dict().items():
+        assert loaded.state_dict()[key].dtype == value.dtype
+        torch.testing.assert_close(loaded.state_dict()[key], value.half().to(value.dtype), rtol=0, atol=0)
+    x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    with torch.no_grad():
+        ref = model.decode(model.encode(x, sample=False)[0])
+        got = loaded.decode(loaded.encode(x, sample=False)[0])
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-2)
+
+
+def test_export_weights_refuses_other_formats_and_loss_only_files(tiny, tmp_path):
+    _, _, ckpt = tiny
+    with pytest.raises(ValueError, match=r"must end in \.safetensors"):
+        export_weights(ckpt, tmp_path / "small.ckpt")
+    loss_only = tmp_path / "loss.ckpt"
+    torch.save({"state_dict": {"loss.logvar": torch.tensor(0.0)}}, loss_only)
+    with pytest.raises(ValueError, match="nothing to export"):
+        export_weights(loss_only, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import OmegaConf
 from training_utils import (
     REPO,
@@ -46,6 +48,7 @@ from vidtok.train import (
     resolve_strategy,
     run_name,
     run_timestamp,
+    train,
 )
 from vidtok.util import instantiate_from_config
 
@@ -131,6 +134,48 @@ def test_tiny_config_trains_through_the_gan_phase(config: Path, videos: Path, tm
     train_images = logdir / "images" / "train"
     assert list(train_images.glob("inputs_gs-*.png")) and list(train_images.glob("recs_gs-*.png"))
     assert list(train_images.glob("compare_gs-*.mp4")) and list((logdir / "images" / "val").glob("compare_*.png"))
+
+
+class ValidationRecorder(Callback):
+    """`val/rec_loss` of every validation, by global step (Lightning runs it before any ModelCheckpoint)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[int, float] = {}
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            self.values[trainer.global_step] = float(trainer.callback_metrics["val/rec_loss"])
+
+
+def test_checkpoints_are_ranked_by_the_validation_of_their_own_step(videos: Path, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    # a save every 2 batches, validation every batch: the stock callback ranked step 4 by step 2's validation
+    overrides = tiny_overrides(videos, frames=1, every_n_train_steps=4, val_check_interval=1)
+    recorder = ValidationRecorder()
+    with caplog.at_level(logging.INFO):
+        result = train(load_config([TINY_KL], overrides), tmp_path / "run", callbacks=[recorder],
+                       trainer_overrides={"accelerator": "cpu", "max_steps": 8})
+    checkpoint = next(c for c in result.trainer.callbacks if isinstance(c, ModelCheckpoint))
+    assert len(set(recorder.values.values())) == 4  # every validation gave another value
+    ranked = {int(re.search(r"step=(\d+)", Path(p).name)[1]): float(v) for p, v in checkpoint.best_k_models.items()}
+    assert ranked == {step: recorder.values[step] for step in (4, 8)}
+    for step in (4, 8):
+        assert f"'val/rec_loss' reached {recorder.values[step]:.5f}" in caplog.text
+        saved = load_ckpt(next((tmp_path / "run" / "checkpoints").glob(f"*step={step:08}*.ckpt")))
+        assert saved["global_step"] == step
+    assert load_ckpt(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 8
+
+
+def test_held_checkpoint_without_a_later_validation_is_saved_as_last(videos: Path, tmp_path: Path) -> None:
+    # a save every batch, validation every 2: the held step-2 save goes out with step 4's validation, and the step-6
+    # one, which no validation follows, becomes last.ckpt
+    overrides = tiny_overrides(videos, frames=1, every_n_train_steps=2, val_check_interval=2)
+    result = train(load_config([TINY_KL], overrides), tmp_path / "run",
+                   trainer_overrides={"accelerator": "cpu", "max_steps": 6})
+    checkpoint = next(c for c in result.trainer.callbacks if isinstance(c, ModelCheckpoint))
+    assert sorted(int(re.search(r"step=(\d+)", Path(p).name)[1]) for p in checkpoint.best_k_models) == [4]
+    assert load_ckpt(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 6
 
 
 def test_two_stage_fix_encoder_keeps_encoder_bit_identical(videos: Path, tmp_path: Path) -> None:

@@ -113,3 +113,26 @@ def check_compatible(
             + ". Check that the config and the checkpoint belong together (same name in configs/ and checkpoints/)"
             ", or list keys to skip in `ignore_keys`."
         )
+
+
+def export_weights(ckpt: str | Path, output: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Write the tokenizer's own tensors (no `loss.*` discriminator/LPIPS, no `model_ema.*`) of a training
+    checkpoint as a `.safetensors` file, floating-point tensors cast to `dtype`: the file to ship for inference.
+
+    Loading casts them back to the model's dtype, so a float16 file halves the size at the cost of rounding the
+    weights; measure a model with the exported file, not the training checkpoint.
+    """
+    output = Path(output)
+    if output.suffix != ".safetensors":
+        raise ValueError(f"export target {str(output)!r} must end in .safetensors")
+    from safetensors.torch import save_file
+
+    weights = read_state_dict(ckpt)
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in weights.items()
+             if not k.startswith(("loss.", "model_ema."))}
+    if not state:
+        raise ValueError(f"checkpoint {str(ckpt)!r} holds only loss/EMA tensors; nothing to export")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(output))
+    logger.info("exported %d tensors of %s to %s (%s)", len(state), ckpt, output, dtype)
+    return output

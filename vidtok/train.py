@@ -12,9 +12,9 @@ What `train` adds around `trainer.fit`, following the original's `main.py`:
 
 - learning rate `base_learning_rate` (× accumulate × devices × batch size with `scale_lr`) on `model.learning_rate`;
 - the loss is built before anything reads data, so missing LPIPS weights stop the run at start-up;
-- TensorBoard logging (or Weights & Biases), `ModelCheckpoint` into `<logdir>/checkpoints` (`last.ckpt`, the 3 best
-  by `val/rec_loss`, `every_n_train_steps`), the image/video logger, a learning-rate monitor and a count of the
-  videos the dataset skipped;
+- TensorBoard logging (or Weights & Biases), `ValidatedModelCheckpoint` into `<logdir>/checkpoints` (`last.ckpt`,
+  the 3 best by `val/rec_loss` of the same step, `every_n_train_steps`), the image/video logger, a learning-rate
+  monitor and a count of the videos the dataset skipped;
 - the merged config written to `<logdir>/configs/<timestamp>-project.yaml` and `-lightning.yaml`, which `-r`
   reloads.
 
@@ -39,7 +39,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -280,6 +280,43 @@ class SkippedVideosMonitor(Callback):
                     logger.info("data.%s skipped %s (%s)", split, path, why)
 
 
+class ValidatedModelCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` whose step-triggered checkpoints are ranked by the validation of their own step.
+
+    Lightning calls `on_train_batch_end`, where `every_n_train_steps` saves, before the validation that ends the
+    same batch, so the stock callback ranks the weights (and prints "reached ...") by the previous validation's
+    value. With a monitored metric this one holds such a save until the next validation has finished and saves
+    then, top-k and `last` together, with the value just computed for those weights. A held save that no
+    validation follows (training stopped first) is written as `last` only, unranked.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._save_after_validation = False
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
+        if self.monitor is None or not due:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        elif not self._should_skip_saving_checkpoint(trainer):
+            self._save_after_validation = True
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._save_after_validation or self._should_skip_saving_checkpoint(trainer):
+            super().on_validation_end(trainer, pl_module)
+            return
+        self._save_after_validation = False
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._save_after_validation:
+            self._save_after_validation = False
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 @rank_zero_only
 def save_configs(cfgdir: Path, now: str, config: DictConfig, lightning_config: DictConfig) -> None:
     """Create the run's folders; write the merged config (`-project.yaml`) and its `lightning:` section
@@ -377,15 +414,14 @@ def _make_logger(lightning_config: DictConfig, logdir: Path, name: str, wandb: W
 
 def _make_callbacks(lightning_config: DictConfig, model: pl.LightningModule, ckptdir: Path,
                     validates: bool) -> list[Callback]:
-    """ModelCheckpoint (the 3 best by the model's `monitor`, plus `last.ckpt`), the image logger, a learning-rate
-    monitor, the skipped-video count, then any other `lightning.callbacks` entries.
+    """`ValidatedModelCheckpoint` (the 3 best by the model's `monitor`, plus `last.ckpt`), the image logger, a
+    learning-rate monitor, the skipped-video count, then any other `lightning.callbacks` entries.
 
-    Lightning (>= 2.5) holds a step-triggered checkpoint of a manually optimised module back until the monitored
-    metric exists, i.e. until the first validation; without validation there would be no checkpoint before the end,
-    so then nothing is monitored and `last.ckpt` is written every `every_n_train_steps`.
+    A ranked checkpoint waits for the next validation; without validation there would be no checkpoint before the
+    end, so then nothing is monitored and `last.ckpt` is written every `every_n_train_steps`.
     """
     checkpoint = {
-        "target": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "target": "vidtok.train.ValidatedModelCheckpoint",
         "params": {"dirpath": str(ckptdir), "filename": "{epoch:04}-{step:08}", "verbose": True, "save_last": True,
                    "auto_insert_metric_name": True},
     }
