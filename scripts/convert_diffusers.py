@@ -24,7 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="vidtok model config (YAML), to export")
     parser.add_argument("--ckpt", help="checkpoint to export (.ckpt, .pt or .safetensors)")
     parser.add_argument("--use_ema", action="store_true", help="export the checkpoint's EMA weights (model_ema.*)")
-    parser.add_argument("--from_diffusers", metavar="DIR", help="diffusers model folder (save_pretrained), to import")
+    parser.add_argument(
+        "--from_diffusers", metavar="DIR",
+        help="diffusers model to import: a save_pretrained folder, or a Hub id already in the local cache",
+    )
+    parser.add_argument(
+        "--allow_download", action="store_true",
+        help="import: let diffusers fetch a Hub id that is not cached (off: only local files are read)",
+    )
     parser.add_argument(
         "--output", required=True,
         help="export: folder to write the diffusers model to; import: checkpoint to write (.ckpt or .safetensors)",
@@ -49,7 +56,7 @@ def main(argv: list[str]) -> int:
             parser.error("--from_diffusers needs --config_out for the vidtok config")
         check_output_file(args.output, "--output")
         check_output_file(args.config_out, "--config_out")
-        import_from_diffusers(args.from_diffusers, args.output, args.config_out)
+        import_from_diffusers(args.from_diffusers, args.output, args.config_out, allow_download=args.allow_download)
         print(f"[scripts.convert_diffusers] wrote {args.output} and {args.config_out}")
     else:
         if not (args.config and args.ckpt):

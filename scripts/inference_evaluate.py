@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated, from {','.join(METRIC_NAMES)} (default psnr,ssim,lpips)",
     )
     parser.add_argument("--i3d_path", default=None, help="i3d_torchscript.pt for FVD (default: the cache paths)")
+    parser.add_argument(
+        "--i3d_sha256", default=None,
+        help="SHA-256 the I3D file must have; it is checked before the file is loaded (or $VIDTOK_I3D_SHA256)",
+    )
     parser.add_argument("--output", default=None, help="folder for metrics_per_video.csv and metrics_summary.json")
     parser.add_argument(
         "--count_padded_frames", type=str2bool, nargs="?", const=True, default=True,
@@ -63,7 +67,7 @@ def main(argv: list[str]) -> int:
     if args.output is not None:
         check_output_dir(args.output, "--output")
     print(f"[scripts.inference_evaluate] Evaluating model {args.ckpt}")
-    lpips_model, i3d = load_metric_networks(metrics, device, args.i3d_path)
+    lpips_model, i3d = load_metric_networks(metrics, device, args.i3d_path, args.i3d_sha256)
     model = load_model_from_config(args.config, args.ckpt).to(device).eval()
     result = evaluate(
         model,

@@ -57,6 +57,7 @@ from tqdm import tqdm
 from yaml import YAMLError
 
 from vidtok.api import load_model_from_config
+from vidtok.cli import replace_atomically
 from vidtok.errors import VidTokError
 from vidtok.inference import (
     SpatialTiles,
@@ -297,12 +298,14 @@ def _encode_streamed(
 
 
 def save_tokens(encoded: EncodedVideo, path: str | Path) -> Path:
-    """Write `encoded` to `path` (an `.npz` archive, compressed), exactly as given."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as f:
-        np.savez_compressed(f, tokens=encoded.tokens, meta=np.array(json.dumps(encoded.meta)))
-    return path
+    """Write `encoded` to `path` (an `.npz` archive, compressed), exactly as given; under a temporary name until
+    complete, so a failure (a full disk) leaves no truncated token file."""
+
+    def write(target: Path) -> None:
+        with target.open("wb") as f:
+            np.savez_compressed(f, tokens=encoded.tokens, meta=np.array(json.dumps(encoded.meta)))
+
+    return replace_atomically(write, path)
 
 
 def load_tokens(path: str | Path) -> EncodedVideo:
