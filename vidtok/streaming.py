@@ -48,7 +48,7 @@ class StreamState:
         held = {}
         for m, buf in self.buffers.items():
             frames = buf.frames if isinstance(buf, TimeBuffer) else buf.last
-            if frames is not None:
+            if frames is not None and frames.numel():
                 held[m] = frames if frames.ndim == 5 else frames.unsqueeze(2)
         return held
 
