@@ -136,20 +136,21 @@ def tile_major(model, x, tiles, chunk, progress=False):
     return torch.cat([p[1] for p in pairs], dim=1).unsqueeze(0)
 
 
-@pytest.mark.parametrize("variant, T, chunk, regularizer", [
-    ("v1.0", 9, 4, "kl"), ("v1.1", 8, 3, "kl"), ("v1.1", 7, 2, "fsq"), ("v1.0", 5, 8, "fsq"),
-])
+TILE_MAJOR_CASES = [("v1.0", 5, 2, "kl"), ("v1.1", 6, 4, "kl"), ("v1.1", 3, 2, "fsq")]
+
+
+@pytest.mark.parametrize("variant, T, chunk, regularizer", TILE_MAJOR_CASES)
 def test_tile_major_reconstruction_equals_the_tiled_whole_clip_pass(variant, T, chunk, regularizer):
     model = build(True, regularizer, variant)
-    x = clip(T, size=32)
-    tiles = resolve_tiles(model, 16, 8)  # 3×3 tiles of 16 px, 3×3 latent tiles of 4
+    x = clip(T, size=24)
+    tiles = resolve_tiles(model, 16, 8)  # 2×2 tiles of 16 px, 2×2 latent tiles of 4
     assert_close_rel(tile_major(model, x, tiles, chunk), tiled_whole_clip(model, x, tiles))
 
 
 def test_tile_major_handles_frames_that_are_not_square_or_a_whole_number_of_tiles():
     model = build(True, "kl", "v1.1")
     g = torch.Generator().manual_seed(3)
-    x = torch.rand(1, 3, 6, 24, 40, generator=g) * 2 - 1
+    x = torch.rand(1, 3, 4, 16, 40, generator=g) * 2 - 1
     tiles = resolve_tiles(model, 16, 8)
     assert_close_rel(tile_major(model, x, tiles, 4), tiled_whole_clip(model, x, tiles))
 
@@ -167,21 +168,20 @@ def one_tile_state_bytes(model, tile_px, T):
     return max(enc_held + dec_held)
 
 
-@pytest.mark.parametrize("variant", ["v1.0", "v1.1"])
-def test_tile_major_state_does_not_grow_with_the_number_of_tiles(variant):
-    model = build(True, "kl", variant)
+def test_tile_major_state_does_not_grow_with_the_number_of_tiles():
+    model = build(True, "kl", "v1.1")  # time buffers and a linear upsampler's lookahead
     tiles = resolve_tiles(model, 16, 8)
     peaks = {}
-    for size in (16, 32, 48):  # 1, 9 and 25 tiles
+    for size in (16, 32):  # 1 and 9 tiles
         progress = TileMajorProgress(0, enabled=False)
-        tile_major(model, clip(9, size=size), tiles, 2, progress)
+        tile_major(model, clip(5, size=size), tiles, 2, progress)
         peaks[size] = progress.peak_state_bytes
     # one tile's stream at a time: what a single 16-px stream holds, whatever the number of tiles
-    assert peaks[16] == peaks[32] == peaks[48] == one_tile_state_bytes(model, 16, 9)
-    # streaming every tile of the frame at once would hold this once per tile
-    stream = StreamingReconstructor(model, 9)
-    stream.push(clip(9, size=48)[:, :, :2])
-    assert stream.held_bytes() > 5 * peaks[48]
+    assert peaks[16] == peaks[32] == one_tile_state_bytes(model, 16, 5)
+    # a whole-frame stream holds state for every position of the frame (4× a tile's area here)
+    stream = StreamingReconstructor(model, 5)
+    stream.push(clip(5, size=32)[:, :, :2])
+    assert stream.held_bytes() > 3 * peaks[32]
 
 
 def test_stream_state_keeps_only_the_past_frames_the_causal_windows_need():
