@@ -11,7 +11,8 @@ Long videos and causal models: :class:`StreamingReconstructor` encodes and decod
 its frames are pushed a chunk at a time (:func:`iter_frame_chunks` reads them from the file that way), so memory
 does not grow with the video's length; :class:`VideoWriter` writes the output as it comes. Non-causal models cannot
 stream (each frame depends on the whole clip). Large frames: :class:`SpatialTiles` (`--tile_size`) runs encoder and
-decoder on overlapping tiles of each frame, see :mod:`vidtok.tiling`.
+decoder on overlapping tiles of each frame, see :mod:`vidtok.tiling`; a long video with tiles is streamed
+tile-major (:func:`tile_major_reconstruct`), one tile through the whole video at a time.
 """
 
 from __future__ import annotations

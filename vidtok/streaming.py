@@ -1,6 +1,7 @@
-"""Frame-exact streaming for causal models (v1.0 and v1.1), optionally on spatial tiles: encode a video chunk by
-chunk as its frames are read, and decode latents chunk by chunk, with results equal to the whole-clip pass (exactly
-so without tiles) and memory that does not grow with the video's length or, with tiles, its frame size.
+"""Frame-exact streaming for causal models (v1.0 and v1.1): encode a video chunk by chunk as its frames are read,
+and decode latents chunk by chunk, with results equal to the whole-clip pass and memory that does not grow with the
+video's length; and tile-major streaming (:func:`blend_tile_major`), which runs one spatial tile at a time through
+the whole video so that memory does not grow with the frame size either.
 
 Every time-mixing layer of a causal VidTok model is a causal sliding window (convs, the temporal average), a
 frame repeat, or (v1.1) a linear ×2 upsampler that needs one frame of lookahead. While streaming, each keeps the
