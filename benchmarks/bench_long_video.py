@@ -99,7 +99,7 @@ def work_clip(model, spec, device) -> dict:
     """(b) one clip, untiled, tiled (whole clip per tile) or tiled while streaming."""
     import torch
 
-    from vidtok.inference import StreamingReconstructor, resolve_tiles
+    from vidtok.inference import TileMajorProgress, resolve_tiles, tile_major_reconstruct
     from vidtok.tiling import decode_tiled, encode_tiled
 
     T, H, W = spec["frames"], spec["height"], spec["width"]
@@ -113,12 +113,42 @@ def work_clip(model, spec, device) -> dict:
             tiles = resolve_tiles(model, spec["tile"], spec["tile_overlap"])
             z, _ = encode_tiled(model, x, tiles.pixels)
             out = decode_tiled(model, z, tiles.latents)
-        else:  # tiled + streamed
+        else:  # tiled + streamed: tile-major, as the entry points run it
             tiles = resolve_tiles(model, spec["tile"], spec["tile_overlap"])
-            stream = StreamingReconstructor(model, T, tiles)
-            parts = [stream.push(x[:, :, i : i + spec["chunk"]]) for i in range(0, T, spec["chunk"])]
-            out = torch.cat([*parts, stream.finish()], dim=2)
+            progress = TileMajorProgress(0, enabled=False)
+            frames_out = 0
+            for _, out in tile_major_reconstruct(
+                model, lambda: iter(x[0].split(spec["chunk"], dim=1)), T, tiles, device=device, progress=progress
+            ):
+                frames_out += out.shape[1]
+            return {"frames_out": frames_out, "state_mib": progress.peak_state_bytes / 2**20}
     return {"frames_out": int(out.shape[2])}
+
+
+def work_state(model, spec, device) -> dict:
+    """(s) what one tile's stream state holds: stream `frames` frames of a `tile`² tile through the encoder and
+    its latents through the decoder, and list the frames each causal layer keeps after the last push."""
+    import torch
+
+    from vidtok.inference import padded_stream_length
+    from vidtok.streaming import StreamingDecoder, StreamingEncoder
+
+    size, T = spec["tile"], spec["frames"]
+    x = torch.rand(1, 3, T, size, size, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
+    encoder, decoder = StreamingEncoder(model, num_frames=padded_stream_length(model, T)), StreamingDecoder(model)
+    with torch.no_grad():
+        for chunk in x.split(spec["chunk"], dim=2):
+            decoder.push(encoder.push(chunk)[0])
+    groups: dict[tuple, list[int]] = {}
+    for name, state in (("encoder", encoder.state), ("decoder", decoder.state)):
+        for layer, frames in state.held().items():
+            key = (name, type(layer).__name__, frames.shape[1], frames.shape[2], frames.shape[3], frames.shape[4])
+            count_bytes = groups.setdefault(key, [0, 0])
+            count_bytes[0] += 1
+            count_bytes[1] += frames.numel() * frames.element_size()
+    rows = [[*key, *v] for key, v in sorted(groups.items(), key=lambda kv: -kv[1][1])]
+    return {"frames_out": 0, "layers": rows, "encoder_mib": encoder.state.nbytes() / 2**20,
+            "decoder_mib": decoder.state.nbytes() / 2**20}
 
 
 def work_quality(model, spec, device) -> dict:
@@ -152,7 +182,7 @@ def work_quality(model, spec, device) -> dict:
     }
 
 
-WORK = {"stream": work_stream, "clip": work_clip, "quality": work_quality}
+WORK = {"stream": work_stream, "clip": work_clip, "quality": work_quality, "state": work_state}
 
 
 def child(spec: dict) -> None:
@@ -230,7 +260,7 @@ def gib(n: float | None) -> str:
 def row(label: str, result: dict) -> str:
     if not result.get("ok"):
         return f"  {label:<44} {'-':>9} {'-':>9} {'-':>9}  {result.get('error', '')}"
-    extra = " ".join(f"{k}={v:.2f}" for k, v in result.items() if k.startswith("psnr"))
+    extra = " ".join(f"{k}={v:.2f}" for k, v in result.items() if k.startswith("psnr") or k.endswith("_mib"))
     return (
         f"  {label:<44} {gib(result['peak_bytes']):>9} {gib(result.get('base_bytes')):>9} "
         f"{result['seconds']:>9.1f}  frames_out={result['frames_out']} {extra}"
@@ -246,11 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="small sizes that run in minutes on a CPU")
-    parser.add_argument("--parts", default="a,b,c", help="which measurements to run, from a,b,c (default all)")
+    parser.add_argument("--parts", default="a,b,c", help="which measurements to run, from a,b,c,s (default a,b,c)")
     parser.add_argument("--frames", default="33,257", help="(a) frame counts to stream (default 33,257)")
     parser.add_argument("--size", type=int, default=None, help="(a) frame size in pixels (default 128; quick 32)")
     parser.add_argument("--chunk", type=int, default=16, help="frames pushed per streaming step (default 16)")
     parser.add_argument("--hd", default=None, help="(b) HxW of the 17-frame clip (default 1080x1920; quick 64x128)")
+    parser.add_argument("--clip_frames", type=int, default=17, help="(b) frames of the clip (default 17)")
+    parser.add_argument("--modes", default="untiled,tiled,streamed", help="(b) which of untiled,tiled,streamed to run")
     parser.add_argument("--tile", type=int, default=None, help="(b, c) tile size in pixels (default 256; quick 32)")
     parser.add_argument("--tile_overlap", type=int, default=None, help="(b, c) tile overlap (default 64; quick 8)")
     parser.add_argument("--cap_gib", type=float, default=24.0, help="(b) memory cap of the untiled run (GiB)")
@@ -293,23 +325,35 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  peak({hi} frames) / peak({lo} frames) = {peaks[hi] / peaks[lo]:.3f} (target <= 1.3)")
 
     if "b" in parts:
-        clip = {**base, "work": "clip", "frames": 17, "height": height, "width": width, "tile": tile,
+        T = args.clip_frames
+        clip = {**base, "work": "clip", "frames": T, "height": height, "width": width, "tile": tile,
                 "tile_overlap": overlap}
-        header(f"(b) one 17x{height}x{width} clip, encode+decode; tiles {tile} px / {tile // f} latents (overlap "
+        header(f"(b) one {T}x{height}x{width} clip, encode+decode; tiles {tile} px / {tile // f} latents (overlap "
                f"{overlap} / {overlap // f})")
+        modes = set(args.modes.split(","))
         cap = int(min(args.cap_gib * GIB, 0.8 * available_memory_bytes(args.device)))
         # lower bound of the untiled peak: input and output of a first-level conv, ch channels at full resolution
-        need = 2 * ch * (17 + tdf - 1) * height * width * 4
-        if need > cap:
+        need = 2 * ch * (T + tdf - 1) * height * width * 4
+        if "untiled" in modes and need > cap:
             print(f"  {'untiled':<44} skipped: needs more than {need / GIB:.1f} GiB (two {ch}-channel full-"
                   f"resolution activations), over the {cap / GIB:.1f} GiB cap")
-        else:
+        elif "untiled" in modes:
             print(row(f"untiled (cap {cap / GIB:.1f} GiB)", run_child({**clip, "mode": "untiled", "cap_bytes": cap},
                                                                        args.timeout)), flush=True)
-        print(row("tiled (whole clip per tile)", run_child({**clip, "mode": "tiled"}, args.timeout)), flush=True)
-        print(row(f"tiled + streamed ({args.chunk} frames per push)",
-                  run_child({**clip, "mode": "streamed"}, args.timeout)), flush=True)
+        if "tiled" in modes:
+            print(row("tiled (whole clip per tile)", run_child({**clip, "mode": "tiled"}, args.timeout)), flush=True)
+        if "streamed" in modes:
+            print(row(f"tiled + streamed, tile-major ({args.chunk} frames per push)",
+                      run_child({**clip, "mode": "streamed"}, args.timeout)), flush=True)
         print("  target: tiled peak <= 6 GiB at 1080x1920 with the full-size 488 model")
+
+    if "s" in parts:
+        header(f"(s) one tile's stream state: {tile}x{tile} px, {args.chunk} frames per push, after 17 frames")
+        result = run_child({**base, "work": "state", "tile": tile, "frames": 17}, args.timeout)
+        print(row("encoder + decoder of one tile", result), flush=True)
+        print(f"  {'network':<8} {'layer':<20} {'C':>5} {'t':>3} {'h':>5} {'w':>5} {'layers':>7} {'MiB':>9}")
+        for net, layer, c, t, h, w, count, size in result.get("layers", []):
+            print(f"  {net:<8} {layer:<20} {c:>5} {t:>3} {h:>5} {w:>5} {count:>7} {size / 2**20:>9.2f}")
 
     if "c" in parts:
         video = args.video

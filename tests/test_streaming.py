@@ -6,7 +6,23 @@ import pytest
 import torch
 
 from tests.test_autoencoder import build, clip
-from vidtok.streaming import StreamingDecoder, StreamingEncoder, decode_in_chunks, encode_in_chunks
+from vidtok.inference import (
+    StreamingReconstructor,
+    TileMajorProgress,
+    padded_stream_length,
+    resolve_tiles,
+    tile_major_reconstruct,
+)
+from vidtok.precision import Precision
+from vidtok.streaming import (
+    StreamingDecoder,
+    StreamingEncoder,
+    decode_in_chunks,
+    decoder_tiles,
+    encode_in_chunks,
+    encoder_tiles,
+)
+from vidtok.tiling import decode_tiled, encode_tiled
 
 
 def full_pass(model, x):
@@ -94,3 +110,90 @@ def test_streaming_encoder_samples_the_kl_posterior_on_request():
     # what was added is standard normal noise scaled by the posterior's std
     assert not torch.allclose(sampled, mean)
     assert abs(noise.mean().item()) < 0.2 and 0.8 < noise.std().item() < 1.2
+
+
+# --- tile-major streaming ------------------------------------------------------------------------------------------
+
+
+def tiled_whole_clip(model, x, tiles):
+    """The reference: the whole clip padded as streaming pads it, encoded and decoded on tiles, every frame."""
+    length = padded_stream_length(model, x.shape[2])
+    padded = torch.cat([x, x[:, :, -1:].repeat(1, 1, length - x.shape[2], 1, 1)], dim=2)
+    z, _ = encode_tiled(model, padded, tiles.pixels)
+    with torch.no_grad():
+        recon = decode_tiled(model, z, tiles.latents)
+    skip = recon.shape[2] - length
+    return recon[:, :, skip : skip + x.shape[2]].clamp(-1, 1)
+
+
+def tile_major(model, x, tiles, chunk, progress=False):
+    def read_chunks():
+        return iter(x[0].split(chunk, dim=1))
+
+    pairs = list(tile_major_reconstruct(model, read_chunks, x.shape[2], tiles, progress=progress))
+    inputs = torch.cat([p[0] for p in pairs], dim=1)
+    assert torch.equal(inputs, x[0])  # each output beside its own input
+    return torch.cat([p[1] for p in pairs], dim=1).unsqueeze(0)
+
+
+TILE_MAJOR_CASES = [("v1.0", 5, 2, "kl"), ("v1.1", 6, 4, "kl"), ("v1.1", 3, 2, "fsq")]
+
+
+@pytest.mark.parametrize("variant, T, chunk, regularizer", TILE_MAJOR_CASES)
+def test_tile_major_reconstruction_equals_the_tiled_whole_clip_pass(variant, T, chunk, regularizer):
+    model = build(True, regularizer, variant)
+    x = clip(T, size=24)
+    tiles = resolve_tiles(model, 16, 8)  # 2×2 tiles of 16 px, 2×2 latent tiles of 4
+    assert_close_rel(tile_major(model, x, tiles, chunk), tiled_whole_clip(model, x, tiles))
+
+
+def test_tile_major_handles_frames_that_are_not_square_or_a_whole_number_of_tiles():
+    model = build(True, "kl", "v1.1")
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(1, 3, 4, 16, 40, generator=g) * 2 - 1
+    tiles = resolve_tiles(model, 16, 8)
+    assert_close_rel(tile_major(model, x, tiles, 4), tiled_whole_clip(model, x, tiles))
+
+
+def one_tile_state_bytes(model, tile_px, T):
+    """The largest stream state of one tile-sized stream: the encoder over a tile_px² clip, the decoder over its
+    latents (the two passes do not overlap in time)."""
+    x = clip(T, size=tile_px)
+    length = padded_stream_length(model, T)
+    run_enc = encoder_tiles(model, length, Precision.of("full"), "cpu")
+    enc_held = [held for _, held in run_enc(iter(x.split(2, dim=2)))]
+    z, _ = StreamingEncoder(model, num_frames=length).push(x)
+    run_dec = decoder_tiles(model, 0, T, Precision.of("full"), "cpu")
+    dec_held = [held for _, held in run_dec(iter(z.split(1, dim=2)))]
+    return max(enc_held + dec_held)
+
+
+def test_tile_major_state_does_not_grow_with_the_number_of_tiles():
+    model = build(True, "kl", "v1.1")  # time buffers and a linear upsampler's lookahead
+    tiles = resolve_tiles(model, 16, 8)
+    peaks = {}
+    for size in (16, 32):  # 1 and 9 tiles
+        progress = TileMajorProgress(0, enabled=False)
+        tile_major(model, clip(5, size=size), tiles, 2, progress)
+        peaks[size] = progress.peak_state_bytes
+    # one tile's stream at a time: what a single 16-px stream holds, whatever the number of tiles
+    assert peaks[16] == peaks[32] == one_tile_state_bytes(model, 16, 5)
+    # a whole-frame stream holds state for every position of the frame (4× a tile's area here)
+    stream = StreamingReconstructor(model, 5)
+    stream.push(clip(5, size=32)[:, :, :2])
+    assert stream.held_bytes() > 3 * peaks[32]
+
+
+def test_stream_state_keeps_only_the_past_frames_the_causal_windows_need():
+    model = build(True, "kl", "v1.1")
+    encoder, decoder = StreamingEncoder(model, num_frames=9), StreamingDecoder(model)
+    for chunk in clip(9, size=16).split(2, dim=2):
+        z, _ = encoder.push(chunk)
+        decoder.push(z)
+        for state, spatial in ((encoder.state, 16), (decoder.state, 4 * 4)):
+            for layer, frames in state.held().items():
+                extent = getattr(layer, "time_extent", 3)  # the temporal average's window is 3; upsamplers keep 1
+                assert frames.shape[2] <= extent - 1
+                assert frames.shape[3] <= spatial and frames.shape[4] <= spatial
+    held = encoder.state.nbytes() + decoder.state.nbytes()
+    assert held == sum(t.numel() * 4 for s in (encoder.state, decoder.state) for t in s.held().values()) > 0

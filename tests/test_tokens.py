@@ -436,6 +436,20 @@ def test_non_causal_models_encode_clip_by_clip_even_for_long_videos(tmp_path, vi
     assert decode_tokens(model, encoded).shape == (3, 20, 32, 32)
 
 
+def test_tiled_long_videos_go_tile_major_and_equal_the_tiled_whole_clip(models, video):
+    _, _, model = models["v1.1"]
+    tiles = dict(tile_size=16, tile_overlap=8)  # 3×3 tiles of the 32-px frames
+    streamed = encode_video(model, video, read_long_video=True, chunk_size=4, **tiles, **SIZE)
+    one_pass = dict(streamed.meta, clips={k: v for k, v in streamed.meta["clips"].items() if k != "streamed"})
+    whole = encode_video(model, video, chunk_size=20, **tiles, **SIZE)  # one 21-frame clip, tiled whole-clip
+    assert whole.meta["clips"]["layout"] == [[0, 20]] and whole.meta["clips"]["clip_frames"] == 21
+    np.testing.assert_array_equal(streamed.tokens, whole.tokens)
+    decoded = torch.cat(list(iter_decoded_frames(model, streamed, **tiles)), dim=1)
+    reference = decode_tokens(model, EncodedVideo(streamed.kind, streamed.tokens, one_pass), **tiles)
+    assert decoded.shape == reference.shape == (3, 20, 32, 32)
+    torch.testing.assert_close(decoded, reference, rtol=0, atol=1e-4)
+
+
 def test_tiled_encode_and_decode(models, tmp_path, capsys):
     config, ckpt, model = models["kl"]
     big = write_test_video(tmp_path / "big.mp4", num_frames=5, height=48, width=64)  # decord mis-reads 48-wide

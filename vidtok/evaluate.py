@@ -294,9 +294,11 @@ def evaluate(
                 window = dataset.windows[index]
                 scorer = StreamScorer(metrics, lpips_model, fvd.get(path), device=device)
                 try:
-                    chunks = iter_frame_chunks(
-                        path, window.frame_indices[: window.num_valid_frames], input_height, input_width, chunk
-                    )
+                    indices = window.frame_indices[: window.num_valid_frames]
+
+                    def chunks(indices=indices, path=path):  # read again for every tile when tiled
+                        return iter_frame_chunks(path, indices, input_height, input_width, chunk)
+
                     for x, x_hat in stream_reconstruct(model, chunks, window.num_valid_frames, tiles, precision,
                                                        device):
                         scorer.add(x, x_hat)

@@ -11,7 +11,8 @@ Long videos and causal models: :class:`StreamingReconstructor` encodes and decod
 its frames are pushed a chunk at a time (:func:`iter_frame_chunks` reads them from the file that way), so memory
 does not grow with the video's length; :class:`VideoWriter` writes the output as it comes. Non-causal models cannot
 stream (each frame depends on the whole clip). Large frames: :class:`SpatialTiles` (`--tile_size`) runs encoder and
-decoder on overlapping tiles of each frame, see :mod:`vidtok.tiling`.
+decoder on overlapping tiles of each frame, see :mod:`vidtok.tiling`; a long video with tiles is streamed
+tile-major (:func:`tile_major_reconstruct`), one tile through the whole video at a time.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import argparse
 import logging
 import os
 import random
-from collections.abc import Iterable, Iterator, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -28,13 +30,23 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from vidtok.cli import partial_path
 from vidtok.data.transforms import VidTokVideoTransform, pad_by_repeating_last
 from vidtok.data.video_read import VideoReadError, frame_interval, open_video, read_frames
 from vidtok.errors import ConfigError
 from vidtok.precision import PRECISIONS, Precision
-from vidtok.streaming import StreamingDecoder, StreamingEncoder
+from vidtok.streaming import (
+    BlendedFrames,
+    ChunkSource,
+    FrameWindow,
+    StreamingDecoder,
+    StreamingEncoder,
+    blend_tile_major,
+    decoder_tiles,
+    encoder_tiles,
+)
 from vidtok.tiling import Tiling, decode_tiled, encode_tiled
 
 logger = logging.getLogger(__name__)
@@ -340,16 +352,14 @@ class StreamingReconstructor:
 
     `push(frames)` (`[B, 3, t, H, W]`, any t) returns the reconstructed frames that are final so far (`[B, 3, t',
     H, W]`, unclamped), in order from frame 0; `finish()`, once every frame was pushed, returns the rest. Memory
-    depends on the chunk size, not on the video's length. The video is padded to
+    depends on the chunk size and the frame size, not on the video's length. The video is padded to
     :func:`padded_stream_length` by repeating its last frame, so the result is the whole-clip pass
     `model(padded)[:, :, :num_frames]` up to float rounding, with one difference: KL latents are the posterior
-    mean (streaming does not sample). `tiles` runs each frame in overlapping spatial tiles; the encoder and the
-    decoder run in their stage's `precision`.
+    mean (streaming does not sample). The encoder and the decoder run in their stage's `precision`. Frames too
+    large for one stream state go tile by tile instead: :func:`tile_major_reconstruct`.
     """
 
-    def __init__(
-        self, model, num_frames: int, tiles: SpatialTiles | None = None, precision: str | Precision = "full"
-    ):
+    def __init__(self, model, num_frames: int, precision: str | Precision = "full"):
         if not model.is_causal:
             raise ValueError(
                 "streaming needs a causal model: a non-causal model's every frame depends on the whole clip"
@@ -357,13 +367,15 @@ class StreamingReconstructor:
         self.num_frames = num_frames
         self.length = padded_stream_length(model, num_frames)
         self.precision = Precision.of(precision)
-        self._encoder = StreamingEncoder(model, num_frames=self.length, tiling=None if tiles is None else tiles.pixels)
-        self._decoder = StreamingDecoder(model, tiling=None if tiles is None else tiles.latents)
-        # v1.1 decoders return tdf frames per latent: the first ones reconstruct the encoder's front padding
-        self._skip = model.decoder.output_frames(model.encoder.latent_frames(self.length)) - self.length
+        self._encoder = StreamingEncoder(model, num_frames=self.length)
+        self._decoder = StreamingDecoder(model)
+        self._window = FrameWindow(_decoded_before_first_frame(model, self.length), num_frames)
         self._pushed = 0
-        self._emitted = 0
         self._last: torch.Tensor | None = None  # the last frame pushed, to pad the tail with
+
+    def held_bytes(self) -> int:
+        """Bytes of the encoder's and the decoder's stream state (the frames their causal layers keep)."""
+        return self._encoder.state.nbytes() + self._decoder.state.nbytes()
 
     @torch.no_grad()
     def push(self, frames: torch.Tensor) -> torch.Tensor:
@@ -385,9 +397,9 @@ class StreamingReconstructor:
         if self.length > self.num_frames:
             parts.append(self._run(self._last.repeat(1, 1, self.length - self.num_frames, 1, 1)))
         with self.precision.decoding(self._last.device):
-            parts.append(self._keep(self._decoder.finish()))
+            parts.append(self._window(self._decoder.finish()))
         out = torch.cat(parts, dim=2)
-        assert self._emitted == self.num_frames, (self._emitted, self.num_frames)
+        assert self._window.left == 0, (self._window.left, self.num_frames)
         return out
 
     def _run(self, frames: torch.Tensor) -> torch.Tensor:
@@ -396,31 +408,173 @@ class StreamingReconstructor:
         if z.shape[2] == 0:
             return frames[:, :, :0]
         with self.precision.decoding(frames.device):
-            return self._keep(self._decoder.push(z.float()))
+            return self._window(self._decoder.push(z.float()))
 
-    def _keep(self, out: torch.Tensor) -> torch.Tensor:
-        """Drop the frames of the front padding and those past the video's end."""
-        drop = min(self._skip, out.shape[2])
-        self._skip -= drop
-        out = out[:, :, drop : drop + self.num_frames - self._emitted]
-        self._emitted += out.shape[2]
-        return out
+
+def _decoded_before_first_frame(model, length: int) -> int:
+    """v1.1 decoders return tdf frames per latent: the first ones reconstruct the encoder's front padding."""
+    return model.decoder.output_frames(model.encoder.latent_frames(length)) - length
+
+
+def pad_chunks(chunks: Iterable[torch.Tensor], length: int) -> Iterator[torch.Tensor]:
+    """The chunks `[B, C, t, H, W]`, then the last frame repeated until `length` frames have come out in all."""
+    pushed, last = 0, None
+    for chunk in chunks:
+        pushed += chunk.shape[2]
+        last = chunk[:, :, -1:]
+        yield chunk
+    if last is not None and length > pushed:
+        yield last.repeat(1, 1, length - pushed, 1, 1)
+
+
+def _regularized(model, h: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Blended encoder outputs -> latents (the KL posterior mean) and the regularizer's log."""
+    return model.regularization(h, **({} if model.is_fsq else {"sample": False}))
+
+
+class TileMajorProgress:
+    """A progress bar over tiles × chunks (or none) that also records the largest stream state held after a push."""
+
+    def __init__(self, total: int, enabled: bool, desc: str = "tiles x chunks"):
+        self.peak_state_bytes = 0
+        self._bar = tqdm(total=total, desc=desc, disable=not enabled)
+
+    def __call__(self, held_bytes: int) -> None:
+        self.peak_state_bytes = max(self.peak_state_bytes, held_bytes)
+        self._bar.update(1)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _num_tiles(size: tuple[int, int], tiling: Tiling, multiple: int) -> int:
+    return len(tiling.spans(size[0], multiple)) * len(tiling.spans(size[1], multiple))
+
+
+def encode_tile_major(
+    model,
+    read_chunks: ChunkSource,
+    size: tuple[int, int],
+    length: int,
+    tiles: SpatialTiles,
+    workdir: str | Path,
+    precision: str | Precision = "full",
+    device: torch.device | str = "cpu",
+    on_push: Callable[[int], None] | None = None,
+) -> BlendedFrames:
+    """Encoder pass of tile-major streaming: every pixel tile of `size` streams through the whole video
+    (`read_chunks()` is called once per tile and must give `length` frames `[B, 3, t, H, W]`, padding included);
+    the encoder outputs are blended, before the regularizer, into `workdir/encoded.f32`. Read latents from the
+    result with :func:`tile_major_latents`."""
+    f = model.spatial_downsample_factor
+    runner = encoder_tiles(model, length, Precision.of(precision), device)
+    return blend_tile_major(runner, read_chunks, size, tiles.pixels, 1 / f, f, Path(workdir) / "encoded.f32", on_push)
+
+
+def tile_major_latents(model, encoded: BlendedFrames, step: int) -> Iterator[tuple[torch.Tensor, dict]]:
+    """The latents of a tile-major encoder pass, `step` latent frames at a time: `(z [B, z, t', h, w], log)`."""
+    for t0 in range(0, encoded.num_frames, step):
+        yield _regularized(model, encoded.read(t0, t0 + step))
+
+
+def decode_tile_major(
+    model,
+    read_latents: ChunkSource,
+    size: tuple[int, int],
+    skip: int,
+    num_frames: int,
+    tiles: SpatialTiles,
+    workdir: str | Path,
+    precision: str | Precision = "full",
+    device: torch.device | str = "cpu",
+    on_push: Callable[[int], None] | None = None,
+) -> BlendedFrames:
+    """Decoder pass of tile-major streaming: every latent tile of `size` (h, w) streams through all the latents
+    (`read_latents()`, once per tile: `[B, z, t', h, w]` float); of the frames decoded, the first `skip` are dropped
+    and `num_frames` kept, blended into `workdir/decoded.f32`."""
+    runner = decoder_tiles(model, skip, num_frames, Precision.of(precision), device)
+    f = model.spatial_downsample_factor
+    return blend_tile_major(runner, read_latents, size, tiles.latents, f, 1, Path(workdir) / "decoded.f32", on_push)
+
+
+def tile_major_reconstruct(
+    model,
+    read_chunks: ChunkSource,
+    num_frames: int,
+    tiles: SpatialTiles,
+    precision: str | Precision = "full",
+    device: torch.device | str = "cpu",
+    progress: TileMajorProgress | bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Reconstruct a video with a causal model one spatial tile at a time, in bounded memory at any frame size.
+
+    `read_chunks()` reads the video again from its start, `[3, t, H, W]` chunks on the CPU in [-1, 1],
+    `num_frames` in all; it is called once per encoder tile and once more at the end. Every pixel tile streams
+    through the whole video (padded as :class:`StreamingReconstructor` pads it); the blended encoder outputs go
+    to a temporary file, their latents (the KL posterior mean) through every latent tile of the decoder, blended
+    into a second file; at the end the frames are read back beside their inputs. Yields `(inputs, outputs)` as
+    :func:`stream_reconstruct` does. Only one tile's stream state is held at a time. The result is the whole-clip
+    tiled pass (:func:`vidtok.tiling.encode_tiled`, :func:`~vidtok.tiling.decode_tiled`) over the padded video,
+    up to float rounding. `progress` is a :class:`TileMajorProgress` or whether to show one.
+    """
+    precision = Precision.of(precision)
+    first = next(iter(read_chunks()))
+    H, W = first.shape[-2:]
+    chunk = first.shape[1]
+    length = padded_stream_length(model, num_frames)
+    f, tdf = model.spatial_downsample_factor, model.time_downsample_factor
+    step = max(1, chunk // tdf)
+    latents = model.encoder.latent_frames(length)
+    if not isinstance(progress, TileMajorProgress):
+        pushes = _num_tiles((H, W), tiles.pixels, f) * -(-length // chunk) + _num_tiles(
+            (H // f, W // f), tiles.latents, 1
+        ) * (-(-latents // step) + 1)
+        progress = TileMajorProgress(pushes, progress)
+
+    def frames() -> Iterator[torch.Tensor]:
+        return pad_chunks((c.unsqueeze(0) for c in read_chunks()), length)
+
+    with tempfile.TemporaryDirectory(prefix="vidtok-tiles-") as workdir:
+        encoded = encode_tile_major(model, frames, (H, W), length, tiles, workdir, precision, device, progress)
+
+        def read_latents() -> Iterator[torch.Tensor]:
+            return (z.float() for z, _ in tile_major_latents(model, encoded, step))
+
+        decoded = decode_tile_major(
+            model, read_latents, (H // f, W // f), _decoded_before_first_frame(model, length), num_frames, tiles,
+            workdir, precision, device, progress,
+        )
+        progress.close()
+        t = 0
+        for x in read_chunks():
+            out = decoded.read(t, t + x.shape[1])
+            t += x.shape[1]
+            yield x, out[0].clamp(-1, 1)
 
 
 def stream_reconstruct(
     model,
-    chunks: Iterable[torch.Tensor],
+    read_chunks: ChunkSource,
     num_frames: int,
     tiles: SpatialTiles | None = None,
     precision: str | Precision = "full",
     device: torch.device | str = "cpu",
+    progress: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Stream the chunks `[3, t, H, W]` (CPU, [-1, 1]; `num_frames` in all) of a video through `model`.
+    """Stream a video through `model`: `read_chunks()` gives its chunks `[3, t, H, W]` (CPU, [-1, 1];
+    `num_frames` in all).
 
     Yields `(inputs, outputs)`, both `[3, t', H, W]` float32 on the CPU, outputs clamped to [-1, 1]: the frames
     reconstructed so far, each beside its input. The model runs in `precision` on `device`, nothing else does.
+    Without `tiles` the video is read once and frames come out as they are reconstructed
+    (:class:`StreamingReconstructor`); with `tiles` it goes tile-major (:func:`tile_major_reconstruct`, which reads
+    the video once per tile and shows a progress bar over tiles × chunks with `progress`), and frames come out at
+    the end.
     """
-    stream = StreamingReconstructor(model, num_frames, tiles, precision)
+    if tiles is not None:
+        yield from tile_major_reconstruct(model, read_chunks, num_frames, tiles, precision, device, progress)
+        return
+    stream = StreamingReconstructor(model, num_frames, precision)
     pending: list[torch.Tensor] = []  # input frames whose reconstruction has not come out yet
 
     def pair(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -428,7 +582,7 @@ def stream_reconstruct(
         pending[:] = [joined[:, out.shape[2] :]]
         return joined[:, : out.shape[2]], out[0].float().clamp(-1, 1).cpu()
 
-    for chunk in chunks:
+    for chunk in read_chunks():
         pending.append(chunk)
         out = stream.push(chunk.unsqueeze(0).to(device))
         if out.shape[2]:

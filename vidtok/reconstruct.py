@@ -27,10 +27,11 @@ Different from the original, on purpose:
   through the model in one pass, so memory grows with its length.
 - `tile_size` / `tile_overlap` (pixels; off by default) run encoder and decoder on overlapping spatial tiles of
   each frame (latent tiles of `tile_size / f` for the decoder), for frames too large to fit in memory at once;
-  see :mod:`vidtok.tiling`. Tiled and untiled results differ slightly near tile borders. Tiles bound the
-  activations of a clip, not a stream's state: streaming keeps the last frames of every causal layer (for every
-  tile), which for the full-size 488 models at 1080p is tens of GiB, so at such sizes tile clip by clip (without
-  `read_long_video`).
+  see :mod:`vidtok.tiling`. Tiled and untiled results differ slightly near tile borders. With `read_long_video`
+  (causal models) tiles go *tile-major* (:func:`vidtok.inference.tile_major_reconstruct`): each tile streams
+  through the whole video, read again for it, so only one tile's stream state is held; the tiles' outputs are
+  blended in temporary files, and the output is written once every tile is done. Memory is then bounded by the
+  tile and the chunk, not by the frame size or the video's length.
 """
 
 from __future__ import annotations
@@ -208,9 +209,17 @@ class VideoReconstructor:
         return self._stream() if self.streaming else self._clips()
 
     def _stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        chunks = iter_frame_chunks(self.plan.path, self.plan.frame_indices, self.height, self.width, self.chunk)
-        pairs = stream_reconstruct(self.model, chunks, self.plan.num_frames, self.tiles, self.precision, self.device)
-        with tqdm(total=self.plan.num_frames, desc="reconstructing", unit="frame", disable=not self.progress) as bar:
+        plan = self.plan
+
+        def read_chunks() -> Iterator[torch.Tensor]:
+            return iter_frame_chunks(plan.path, plan.frame_indices, self.height, self.width, self.chunk)
+
+        tile_major = self.tiles is not None  # it shows its own bar, over tiles × chunks
+        pairs = stream_reconstruct(
+            self.model, read_chunks, plan.num_frames, self.tiles, self.precision, self.device, self.progress
+        )
+        bar_off = not self.progress or tile_major
+        with tqdm(total=plan.num_frames, desc="reconstructing", unit="frame", disable=bar_off) as bar:
             for inputs, outputs in pairs:
                 bar.update(outputs.shape[1])
                 yield inputs, outputs

@@ -37,16 +37,54 @@ class Tiling:
         return [(s, s + self.size) for s in starts]
 
 
-def _ramp(length: int, before: int, after: int, device, dtype) -> torch.Tensor:
+def _ramp(length: int, before: int, after: int) -> torch.Tensor:
     """Weights along one axis of a tile: rising over `before` positions, falling over `after`, else 1."""
-    w = torch.ones(length, device=device, dtype=dtype)
+    w = torch.ones(length)
     if before:
-        w[:before] = (torch.arange(before, device=device, dtype=dtype) + 0.5) / before
+        w[:before] = (torch.arange(before, dtype=w.dtype) + 0.5) / before
     if after:
-        w[length - after :] = torch.minimum(
-            w[length - after :], (torch.arange(after, 0, -1, device=device, dtype=dtype) - 0.5) / after
-        )
+        falling = (torch.arange(after, 0, -1, dtype=w.dtype) - 0.5) / after
+        w[length - after :] = torch.minimum(w[length - after :], falling)
     return w
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one tile of the input goes: its slices of the input and of the output (both along H and W), and its
+    blending weights `[h_out, w_out]` (linear ramps where it overlaps a neighbour, 1 elsewhere)."""
+
+    index: tuple[int, int]
+    rows: slice
+    cols: slice
+    out_rows: slice
+    out_cols: slice
+    weight: torch.Tensor
+
+
+def placements(height: int, width: int, tiling: Tiling, scale: float, multiple: int = 1) -> list[Placement]:
+    """The tiles of a `height × width` input, row by row, for an output `scale` times its size; fp32 weights."""
+    rows, cols = tiling.spans(height, multiple), tiling.spans(width, multiple)
+    out = []
+    for i, (r0, r1) in enumerate(rows):
+        for j, (c0, c1) in enumerate(cols):
+            o_r0, o_r1, o_c0, o_c1 = (round(v * scale) for v in (r0, r1, c0, c1))
+            # ramps only where this tile overlaps a neighbour
+            top = round((rows[i - 1][1] - r0) * scale) if i > 0 else 0
+            bottom = round((r1 - rows[i + 1][0]) * scale) if i + 1 < len(rows) else 0
+            left = round((cols[j - 1][1] - c0) * scale) if j > 0 else 0
+            right = round((c1 - cols[j + 1][0]) * scale) if j + 1 < len(cols) else 0
+            w = _ramp(o_r1 - o_r0, top, bottom)[:, None] * _ramp(o_c1 - o_c0, left, right)[None, :]
+            out.append(Placement((i, j), slice(r0, r1), slice(c0, c1), slice(o_r0, o_r1), slice(o_c0, o_c1), w))
+    return out
+
+
+def weight_sum(tiles: list[Placement], height: int, width: int) -> torch.Tensor:
+    """The blending weights of all `tiles` summed over an output of `height × width`: what the blended sum is
+    divided by, accumulated in the tiles' order as :func:`run_tiled` does."""
+    total = torch.zeros(height, width, dtype=tiles[0].weight.dtype)
+    for tile in tiles:
+        total[tile.out_rows, tile.out_cols] += tile.weight
+    return total
 
 
 def run_tiled(
@@ -64,27 +102,15 @@ def run_tiled(
     in at least fp32: tiles from a stage running in bf16 or fp16 are not summed in it.
     """
     H, W = x.shape[-2:]
-    rows, cols = tiling.spans(H, multiple), tiling.spans(W, multiple)
-    out = weight = None
-    for i, (r0, r1) in enumerate(rows):
-        for j, (c0, c1) in enumerate(cols):
-            y = fn(x[..., r0:r1, c0:c1], (i, j))
+    tiles = placements(H, W, tiling, scale, multiple)
+    out = None
+    for tile in tiles:
+        y = fn(x[..., tile.rows, tile.cols], tile.index)
+        if out is None:
             dtype = torch.promote_types(y.dtype, torch.float32)
-            if out is None:
-                out = y.new_zeros((*y.shape[:3], round(H * scale), round(W * scale)), dtype=dtype)
-                weight = y.new_zeros((1, 1, 1, round(H * scale), round(W * scale)), dtype=dtype)
-            o_r0, o_r1, o_c0, o_c1 = (round(v * scale) for v in (r0, r1, c0, c1))
-            # ramps only where this tile overlaps a neighbour
-            top = round((rows[i - 1][1] - r0) * scale) if i > 0 else 0
-            bottom = round((r1 - rows[i + 1][0]) * scale) if i + 1 < len(rows) else 0
-            left = round((cols[j - 1][1] - c0) * scale) if j > 0 else 0
-            right = round((c1 - cols[j + 1][0]) * scale) if j + 1 < len(cols) else 0
-            w = _ramp(o_r1 - o_r0, top, bottom, y.device, dtype)[:, None] * _ramp(
-                o_c1 - o_c0, left, right, y.device, dtype
-            )[None, :]
-            out[..., o_r0:o_r1, o_c0:o_c1] += y * w
-            weight[..., o_r0:o_r1, o_c0:o_c1] += w
-    return out / weight
+            out = y.new_zeros((*y.shape[:3], round(H * scale), round(W * scale)), dtype=dtype)
+        out[..., tile.out_rows, tile.out_cols] += y * tile.weight.to(y.device)
+    return out / weight_sum(tiles, out.shape[-2], out.shape[-1]).to(out.device)
 
 
 def encode_tiled(model, x: torch.Tensor, tiling: Tiling, sample: bool = False) -> tuple[torch.Tensor, dict]:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -61,19 +62,24 @@ from vidtok.cli import replace_atomically
 from vidtok.errors import VidTokError
 from vidtok.inference import (
     SpatialTiles,
+    TileMajorProgress,
     check_frame_size,
     clip_length,
+    decode_tile_major,
+    encode_tile_major,
     iter_clips,
     iter_frame_chunks,
+    pad_chunks,
     padded_stream_length,
     plan_clips,
     resolve_chunk_size,
     resolve_tiles,
+    tile_major_latents,
 )
 from vidtok.models import autoencoder, autoencoder_v1_1
 from vidtok.modules import losses, model_3dcausal, model_3dcausal_v1_1, model_3dnoncausal, regularizers
 from vidtok.precision import Precision
-from vidtok.streaming import StreamingDecoder, StreamingEncoder
+from vidtok.streaming import FrameWindow, StreamingDecoder, StreamingEncoder
 from vidtok.tiling import decode_tiled, encode_tiled
 
 logger = logging.getLogger(__name__)
@@ -275,25 +281,34 @@ def _encode_clip(model, x: torch.Tensor, tiles: SpatialTiles | None) -> np.ndarr
 def _encode_streamed(
     model, plan, height: int, width: int, chunk: int, tiles: SpatialTiles | None, device, progress: bool
 ) -> np.ndarray:
-    """Stream a planned one-clip video through a causal encoder, padding its tail to `plan.length` frames."""
-    encoder = StreamingEncoder(model, num_frames=plan.length, tiling=None if tiles is None else tiles.pixels)
-    parts = []
+    """Stream a planned one-clip video through a causal encoder, padding its tail to `plan.length` frames; with
+    `tiles`, tile-major (:func:`vidtok.inference.encode_tile_major`)."""
 
-    def push(frames: torch.Tensor) -> None:
-        z, reg_log = encoder.push(frames.unsqueeze(0).to(device))
+    def read_chunks() -> Iterator[torch.Tensor]:
+        chunks = iter_frame_chunks(plan.path, plan.frame_indices, height, width, chunk)
+        return pad_chunks((c.unsqueeze(0) for c in chunks), plan.length)
+
+    def numpy(z: torch.Tensor, reg_log: dict) -> np.ndarray:
         if model.is_fsq:
-            parts.append(reg_log["indices"][0].cpu().numpy())  # [t', H', W']
-        else:
-            parts.append(z[0].float().cpu().numpy())  # [C, t', H', W']
+            return reg_log["indices"][0].cpu().numpy()  # [t', H', W']
+        return z[0].float().cpu().numpy()  # [C, t', H', W']
 
-    last = None
-    with tqdm(total=plan.num_frames, unit="frame", disable=not progress) as bar:
-        for frames in iter_frame_chunks(plan.path, plan.frame_indices, height, width, chunk):
-            push(frames)
-            last = frames[:, -1:]
-            bar.update(frames.shape[1])
-    if plan.length > plan.num_frames:
-        push(last.repeat(1, plan.length - plan.num_frames, 1, 1))  # the tail, padded with the last frame
+    if tiles is not None:
+        f = model.spatial_downsample_factor
+        pushes = len(tiles.pixels.spans(height, f)) * len(tiles.pixels.spans(width, f)) * -(-plan.length // chunk)
+        bar = TileMajorProgress(pushes, progress)
+        with tempfile.TemporaryDirectory(prefix="vidtok-tiles-") as workdir:
+            encoded = encode_tile_major(model, read_chunks, (height, width), plan.length, tiles, workdir,
+                                        device=device, on_push=bar)
+            bar.close()
+            parts = [numpy(z, log) for z, log in tile_major_latents(model, encoded, chunk)]
+        return np.concatenate(parts, axis=0 if model.is_fsq else 1)
+    encoder = StreamingEncoder(model, num_frames=plan.length)
+    parts = []
+    with tqdm(total=plan.length, unit="frame", disable=not progress) as bar:
+        for frames in read_chunks():
+            parts.append(numpy(*encoder.push(frames.to(device))))
+            bar.update(frames.shape[2])
     return np.concatenate(parts, axis=0 if model.is_fsq else 1)
 
 
@@ -580,41 +595,56 @@ def _latents(model, encoded: EncodedVideo, part: np.ndarray) -> torch.Tensor:
 def _decode_streamed(
     model, encoded: EncodedVideo, tiles: SpatialTiles | None, precision: Precision, device, progress: bool
 ) -> Iterator[torch.Tensor]:
-    """Stream a one-clip file's latents through the decoder; drop the frames of the encoder's front padding (v1.1)
-    and of the tail padding."""
+    """Stream a one-clip file's latents through the decoder (tile-major with `tiles`,
+    :func:`vidtok.inference.decode_tile_major`); drop the frames of the encoder's front padding (v1.1) and of the
+    tail padding."""
     (part,), ((_, num_valid),) = encoded.tokens, encoded.meta["clips"]["layout"]
     clip_frames = int(encoded.meta["clips"]["clip_frames"])
     num_latents = part.shape[0] if encoded.kind == "fsq" else part.shape[1]
     step = max(1, int(encoded.meta["clips"]["chunk_size"]) // model.time_downsample_factor)
     skip = model.decoder.output_frames(num_latents) - clip_frames  # decoded frames before the clip's first
-    left = num_valid
-    decoder = StreamingDecoder(model, tiling=None if tiles is None else tiles.latents)
+    decoded = 0
 
-    def keep(video: torch.Tensor) -> torch.Tensor | None:
-        nonlocal skip, left
-        drop = min(skip, video.shape[2])
-        skip -= drop
-        video = video[0, :, drop : drop + left].float().clamp(-1, 1).cpu()
-        left -= video.shape[1]
-        return video if video.shape[1] else None
-
-    with tqdm(total=num_valid, unit="frame", disable=not progress) as bar:
+    def latents() -> Iterator[torch.Tensor]:
         for start in range(0, num_latents, step):
             piece = part[start : start + step] if encoded.kind == "fsq" else part[:, start : start + step]
+            yield _latents(model, encoded, piece)
+
+    if tiles is not None:
+        h, w = part.shape[-2:]
+        pushes = len(tiles.latents.spans(h)) * len(tiles.latents.spans(w)) * (-(-num_latents // step) + 1)
+        bar = TileMajorProgress(pushes, progress)
+        with tempfile.TemporaryDirectory(prefix="vidtok-tiles-") as workdir:
+            frames = decode_tile_major(model, latents, (h, w), skip, num_valid, tiles, workdir, precision, device, bar)
+            bar.close()
+            for t0 in range(0, frames.num_frames, step * model.time_downsample_factor):
+                video = frames.read(t0, t0 + step * model.time_downsample_factor)[0].clamp(-1, 1)
+                decoded += video.shape[1]
+                yield video
+    else:
+        decoder = StreamingDecoder(model)
+        window = FrameWindow(skip, num_valid)
+
+        def keep(video: torch.Tensor) -> torch.Tensor:
+            return window(video)[0].float().clamp(-1, 1).cpu()
+
+        with tqdm(total=num_valid, unit="frame", disable=not progress) as bar:
+            for z in latents():
+                with precision.decoding(device):
+                    video = keep(decoder.push(z.to(device)))
+                if video.shape[1]:
+                    decoded += video.shape[1]
+                    bar.update(video.shape[1])
+                    yield video
             with precision.decoding(device):
-                video = keep(decoder.push(_latents(model, encoded, piece).to(device)))
-            if video is not None:
+                video = keep(decoder.finish())
+            if video.shape[1]:
+                decoded += video.shape[1]
                 bar.update(video.shape[1])
                 yield video
-        with precision.decoding(device):
-            video = keep(decoder.finish())
-        if video is not None:
-            bar.update(video.shape[1])
-            yield video
-    if left:
+    if decoded != num_valid:
         raise TokenFileError(
-            f"{encoded.where}: its latents decode to {num_valid - left} frames, its metadata says {num_valid}: "
-            f"{REENCODE}"
+            f"{encoded.where}: its latents decode to {decoded} frames, its metadata says {num_valid}: {REENCODE}"
         )
 
 
