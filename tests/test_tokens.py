@@ -493,3 +493,21 @@ def test_files_written_before_the_model_section_alone_was_stored_still_decode(to
     monkeypatch.chdir(ckpt.parent)
     assert cli(["decode", str(path), "-o", str(tmp_path / "old.mp4")]) == 0
     assert "10 frames at 15 fps" in capsys.readouterr().out
+
+
+def test_decode_finds_the_recorded_checkpoint_in_the_repositorys_checkpoints_folder(models, video, tmp_path, capsys,
+                                                                                      monkeypatch):
+    config, ckpt, _ = models["fsq"]
+    repo = tmp_path / "repo"
+    (repo / "checkpoints").mkdir(parents=True)
+    (repo / "checkpoints" / ckpt.name).write_bytes(ckpt.read_bytes())
+    tokens = tmp_path / "elsewhere" / "tokens.npz"
+    assert cli(["encode", str(video), "-c", str(config), "--ckpt", str(ckpt), "-o", str(tokens),
+                "--height", "32", "--width", "32"]) == 0
+    monkeypatch.chdir(repo)  # the file is neither beside the tokens nor in the current folder, only in checkpoints/
+    assert cli(["decode", str(tokens), "-o", str(tmp_path / "a.mp4")]) == 0
+    (repo / "checkpoints" / ckpt.name).unlink()
+    capsys.readouterr()
+    assert cli(["decode", str(tokens), "-o", str(tmp_path / "b.mp4")]) == 1
+    err = capsys.readouterr().err
+    assert f"checkpoint {ckpt.name!r}" in err and "--ckpt" in err and "Traceback" not in err

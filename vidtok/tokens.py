@@ -15,7 +15,8 @@ A token file is an `.npz` archive with two arrays:
 Token files are data, never code. They are read with `allow_pickle=False`, and the stored config builds a model
 only when every `target:` in its `model:` section is one of vidtok's own model classes (:data:`MODEL_TARGETS`, the
 names the official configs use); anything else is refused, and `--config` names the model instead. The checkpoint
-is looked up by its recorded file name beside the token file, then in the current folder (or given with `--ckpt`).
+is looked up by its recorded file name beside the token file, then in the current folder and the repository's
+checkpoint folders (or given with `--ckpt`).
 Loading checks the metadata and the array against each other, and decoding checks them against the model, so a
 damaged or mismatched file stops with a :class:`TokenFileError` that names it.
 
@@ -491,18 +492,21 @@ def _targets(node: Any, key: str) -> Iterator[tuple[str, Any]]:
 
 
 def _recorded_checkpoint(encoded: EncodedVideo) -> Path:
-    """The checkpoint a token file names: its file name beside the token file, else in the current folder."""
+    """The checkpoint a token file names: its file name beside the token file, else in the current folder, else
+    where this repository keeps checkpoints (`checkpoints/`, `checkpoints/vidtok_v1_1/`, from the current folder)."""
     recorded = encoded.meta["model"].get("ckpt")
     if not recorded:
         raise TokenFileError(f"{encoded.where} records no checkpoint; pass one with --ckpt")
     name = Path(recorded).name  # files from before names were stored hold absolute paths: only the name is used
-    folders = ([encoded.path.parent] if encoded.path is not None else []) + [Path.cwd()]
+    here = Path.cwd()
+    folders = [encoded.path.parent] if encoded.path is not None else []
+    folders += [here, here / "checkpoints", here / "checkpoints" / "vidtok_v1_1"]
     for folder in folders:
         if (folder / name).is_file():
             return folder / name
     raise TokenFileError(
-        f"checkpoint {name!r} recorded in {encoded.where} is neither beside it nor in the current folder; "
-        "pass it with --ckpt"
+        f"checkpoint {name!r} recorded in {encoded.where} is neither beside it nor in the current folder or its "
+        "checkpoints/; pass it with --ckpt"
     )
 
 
@@ -510,7 +514,8 @@ def load_model_for(encoded: EncodedVideo, config: str | Path | None = None, ckpt
     """Build the model a token file was made with (CPU, eval mode); `config`/`ckpt` override the recorded ones.
 
     The config is `config`, else the `model:` section stored in the file (:func:`embedded_model_config`); the
-    checkpoint is `ckpt`, else the recorded file name beside the token file or in the current folder.
+    checkpoint is `ckpt`, else the recorded file name beside the token file, in the current folder or its
+    `checkpoints/`.
 
     Raises:
         TokenFileError: no usable config or checkpoint (pass `config`/`ckpt`).
