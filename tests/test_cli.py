@@ -396,4 +396,9 @@ def test_frames_too_large_for_memory_name_tile_size(tiny, video, tmp_path, capsy
     suggested = int(line.split("--tile_size ")[1].split()[0])
     tiles = vidtok.inference.resolve_tiles(tiny[2], suggested)
     vidtok.inference.check_memory(tiny[2], 17, 4096, 4096, tiles, "cpu")  # the suggested tiles fit
+    # `python -m vidtok encode` makes the same check before encoding anything
+    tokens = tmp_path / "t.npz"
+    fails(capsys, vidtok_main, ["encode", video, "-c", config, "--ckpt", ckpt, "-o", tokens, "--height", "4096",
+                                "--width", "4096"], "4096×4096", "--tile_size")
+    assert not tokens.exists()
     assert not (tmp_path / "out").exists()

@@ -65,6 +65,7 @@ from vidtok.inference import (
     SpatialTiles,
     TileMajorProgress,
     check_frame_size,
+    check_memory,
     clip_length,
     decode_tile_major,
     encode_tile_major,
@@ -197,6 +198,7 @@ def encode_video(
     Raises:
         VideoReadError: the video cannot be read.
         ValueError: a frame size, chunk or tile size the model cannot take, or an unknown `latent_dtype`.
+        ConfigError: a clip (or tile) of that size would not fit in the device's memory.
     """
     if latent_dtype not in LATENT_DTYPES:
         raise ValueError(f"latent_dtype must be one of {LATENT_DTYPES}, got {latent_dtype!r}")
@@ -211,6 +213,7 @@ def encode_video(
         plan = plan_clips(video_path, sample_fps, long_clip=lambda n: padded_stream_length(model, n))
     else:
         plan = plan_clips(video_path, sample_fps, length=clip_length(model, chunk))
+    check_memory(model, chunk if streamed else plan.length, input_height, input_width, tiles, device)
     description = model_description(model)
 
     with Precision.of(precision).encoding(device):
