@@ -21,8 +21,8 @@ from shard_helpers import write_shards
 from video_helpers import save_tiny_model, write_test_video
 
 from vidtok.__main__ import main
-from vidtok.data.token_shards import iter_token_samples
-from vidtok.tokens import load_tokens
+from vidtok.data.token_shards import iter_token_samples, read_token_sample
+from vidtok.tokens import iter_decoded_frames, load_model_for, load_tokens
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = {"a": 12, "b": 20, "sub/c.v2": 9}  # name -> frames; "sub/c.v2" checks nested paths and dots in names
@@ -141,8 +141,15 @@ def test_fsq_indices_are_identical_to_encode_and_decode_key_gives_the_same_video
     # token files record the checkpoint by name only; it is not beside them here, so it is passed
     model = model_flags(data, "fsq")
     assert main(["decode", str(out / "part-0-00000.tar"), "--key", "b", "-o", str(tmp_path / "b.mp4"), *model]) == 0
-    assert main(["decode", str(tmp_path / "b.npz"), "-o", str(tmp_path / "b_ref.mp4"), *model]) == 0
-    assert (tmp_path / "b.mp4").read_bytes() == (tmp_path / "b_ref.mp4").read_bytes()
+    assert "20 frames at 30 fps" in capsys.readouterr().out
+    # the shard sample decodes to the frames the token file decodes to (compared before the lossy mp4 encoding,
+    # whose bytes can change with rounding in the last float bit)
+    shard_sample = read_token_sample(str(out / "part-0-00000.tar"), "b")
+    decoder = load_model_for(shard_sample, model[1], model[3])
+    from_shard = torch.cat(list(iter_decoded_frames(decoder, shard_sample)), dim=1)
+    from_file = torch.cat(list(iter_decoded_frames(decoder, load_tokens(tmp_path / "b.npz"))), dim=1)
+    assert from_shard.shape == (3, 20, 32, 32)
+    torch.testing.assert_close(from_shard, from_file, rtol=0, atol=1e-5)
     capsys.readouterr()
     assert main(["decode", str(out / "part-0-00000.tar"), "--key", "zzz", "-o", str(tmp_path / "x.mp4")]) == 1
     assert "no sample 'zzz'" in capsys.readouterr().err
