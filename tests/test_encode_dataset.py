@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from shard_helpers import write_shards
+from training_utils import one_thread  # noqa: F401  (module-wide autouse fixture)
 from video_helpers import save_tiny_model, write_test_video
 
 from vidtok.__main__ import main
@@ -27,14 +28,6 @@ from vidtok.tokens import iter_decoded_frames, load_model_for, load_tokens
 REPO = Path(__file__).resolve().parents[1]
 GOOD = {"a": 12, "b": 20, "sub/c.v2": 9}  # name -> frames; "sub/c.v2" checks nested paths and dots in names
 FLAGS = ["--input_height", "32", "--input_width", "32", "--num_frames_per_batch", "9"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from shard_helpers import write_shards
 from torch.utils.data import DataLoader
-from training_utils import REPO
+from training_utils import REPO, one_thread  # noqa: F401  (module-wide autouse fixture)
 
 import main
 from vidtok.data.shards import ShardProgress, VidTokShardDataset, shard_urls
@@ -25,15 +25,6 @@ from vidtok.errors import VidTokError
 
 PARAMS = {"input_height": 16, "input_width": 16, "sample_num_frames": 5, "sample_fps": 10}
 SHARDS_CONFIG = REPO / "configs" / "examples" / "vidtok_kl_causal_tiny_shards.yaml"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """Tiny tensors on a shared CPU: one thread is faster (see tests/test_training.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from training_utils import (
     TINY_KL,
     StateProbe,
     make_dataset,
+    one_thread,  # noqa: F401  (module-wide autouse fixture)
     tiny_overrides,
     write_clip,
     write_csv,
@@ -53,16 +54,6 @@ from vidtok.train import (
 from vidtok.util import instantiate_from_config
 
 PROBE = "lightning.callbacks.probe.target=training_utils.StateProbe"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """These tensors are tiny: one thread is as fast as two, and far faster when other processes share the CPU
-    (OpenMP threads then wait on each other at every op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,16 @@ TINY_KL = REPO / "configs" / "tiny" / "vidtok_kl_causal_tiny.yaml"
 TINY_FSQ = REPO / "configs" / "tiny" / "vidtok_fsq_causal_tiny.yaml"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    """Import into a test module to run it on one torch thread: its tensors are tiny, so one thread is as fast as
+    two, and far faster when other processes share the CPU (OpenMP threads then wait on each other at every op)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def missing(message: str) -> None:
     """Fail under CI (the sample videos must be there), skip on a developer machine."""
     if os.environ.get("CI", "").lower() == "true":
