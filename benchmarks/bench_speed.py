@@ -60,7 +60,7 @@ from vidtok.interop.diffusers import (  # noqa: E402
     diffusers_kwargs_from_model,
     to_diffusers,
 )
-from vidtok.modules.fast_conv import direct_convs  # noqa: E402
+from vidtok.kernels.fast_conv import direct_convs  # noqa: E402
 
 HAVE_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 

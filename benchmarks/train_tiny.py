@@ -33,9 +33,9 @@ from lightning.pytorch.callbacks import Callback
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vidtok.models.training import video_psnr  # noqa: E402
-from vidtok.modules.lpips import find_lpips_weights  # noqa: E402
 from vidtok.train import load_config, train  # noqa: E402
+from vidtok.training.engine_training import video_psnr  # noqa: E402
+from vidtok.training.lpips import find_lpips_weights  # noqa: E402
 
 CONFIGS = {
     "kl": REPO / "configs" / "tiny" / "vidtok_kl_causal_tiny.yaml",

@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vidtok.kernels.fast_conv import FastConv3d
 from vidtok.modules.causal_conv import (
     CausalConv1d,
     CausalConv3d,
     conv1d_over_time,
     pad_time_front,
 )
-from vidtok.modules.fast_conv import FastConv3d
 from vidtok.modules.reshape import channels_last
 
 CL3 = torch.channels_last_3d

@@ -14,7 +14,7 @@ import torch
 
 from tests.conftest import CONFIGS
 from vidtok import load_model_from_config
-from vidtok.modules import fast_conv
+from vidtok.kernels import fast_conv
 
 V1_0 = sorted(p.stem for p in CONFIGS.glob("vidtok_*.yaml"))
 V1_1 = sorted(p.stem for p in (CONFIGS / "vidtok_v1_1").glob("vidtok_*.yaml"))

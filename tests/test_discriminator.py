@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from tests.conftest import require_shared
-from vidtok.modules.discriminator import NLayerDiscriminator, NLayerDiscriminator3D, weights_init
+from vidtok.training.discriminator import NLayerDiscriminator, NLayerDiscriminator3D, weights_init
 
 PREFIX = "loss.discriminator."
 

@@ -32,7 +32,7 @@ from vidtok.api import load_model_from_config
 from vidtok.evaluate import StreamScorer, evaluate
 from vidtok.inference import resolve_chunk_size
 from vidtok.metrics import MetricAccumulator, score_frame_groups
-from vidtok.modules.lpips import LPIPS, VGG16_ENV, VGG16_FILENAME
+from vidtok.training.lpips import LPIPS, VGG16_ENV, VGG16_FILENAME
 
 SIZE = ["--input_height", "32", "--input_width", "32"]
 

@@ -10,9 +10,9 @@ import threading
 import pytest
 import torch
 
-from vidtok.modules import fast_conv
+from vidtok.kernels import fast_conv
+from vidtok.kernels.fast_conv import FastConv2d, FastConv3d
 from vidtok.modules.causal_conv import CausalConv3d
-from vidtok.modules.fast_conv import FastConv2d, FastConv3d
 from vidtok.modules.reshape import channels_last
 
 
@@ -142,7 +142,7 @@ def test_the_process_wide_switch_reaches_new_threads(winograd_calls: list, monke
 
 @pytest.mark.parametrize(("value", "enabled"), [("0", False), ("1", True)])
 def test_vidtok_fast_conv_environment_variable_sets_the_switch(value: str, enabled: bool) -> None:
-    code = "from vidtok.modules import fast_conv; print(fast_conv.fast_convs_enabled())"
+    code = "from vidtok.kernels import fast_conv; print(fast_conv.fast_convs_enabled())"
     env = {**os.environ, "VIDTOK_FAST_CONV": value}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == str(enabled)

@@ -12,8 +12,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from tests.conftest import CONFIGS, require_shared
-from vidtok.modules.discriminator import NLayerDiscriminator, NLayerDiscriminator3D
-from vidtok.modules.losses import (
+from vidtok.modules.reshape import batch_to_time, time_to_batch
+from vidtok.training.discriminator import NLayerDiscriminator, NLayerDiscriminator3D
+from vidtok.training.losses import (
     GeneralLPIPSWithDiscriminator,
     LeCAMEMA,
     adopt_weight,
@@ -22,8 +23,7 @@ from vidtok.modules.losses import (
     non_saturate_gen_loss,
     vanilla_d_loss,
 )
-from vidtok.modules.lpips import LPIPS_ENV, VGG16_ENV
-from vidtok.modules.reshape import batch_to_time, time_to_batch
+from vidtok.training.lpips import LPIPS_ENV, VGG16_ENV
 from vidtok.util import instantiate_from_config
 
 # the loss_config params of every official config (spec §2), with a near disc_start

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torchvision
 
-import vidtok.modules.lpips as lpips_module
+import vidtok.training.lpips as lpips_module
 from tests.conftest import require_shared
-from vidtok.modules.lpips import (
+from vidtok.training.lpips import (
     LPIPS,
     LPIPS_ENV,
     LPIPS_FILENAME,

@@ -30,7 +30,7 @@ from vidtok.metrics import (
     ssim_pool_factor,
     video_to_uint8,
 )
-from vidtok.modules.lpips import LPIPS, VGG16_ENV, VGG16_FILENAME
+from vidtok.training.lpips import LPIPS, VGG16_ENV, VGG16_FILENAME
 
 
 def video(T: int = 5, H: int = 32, W: int = 32, seed: int = 0) -> torch.Tensor:

@@ -39,7 +39,6 @@ from training_utils import (
 import main
 from vidtok.data.video_read import VideoReadError
 from vidtok.data.vidtok import NoUsableVideosError
-from vidtok.modules.ema import LitEma
 from vidtok.train import (
     count_devices,
     find_resume,
@@ -51,6 +50,7 @@ from vidtok.train import (
     run_timestamp,
     train,
 )
+from vidtok.training.ema import LitEma
 from vidtok.util import instantiate_from_config
 
 PROBE = "lightning.callbacks.probe.target=training_utils.StateProbe"

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vidtok.modules import winograd
-from vidtok.modules.winograd import release_workspace, transform_weight, winograd_applies, winograd_conv
+from vidtok.kernels import winograd
+from vidtok.kernels.winograd import release_workspace, transform_weight, winograd_applies, winograd_conv
 
 
 def _reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, time_pad: int) -> torch.Tensor:

@@ -122,7 +122,7 @@ def prepare_data(folder: Path, count: int, size: int, seed: int = 0) -> Path:
 
 
 def lpips_weights_present() -> bool:
-    from vidtok.modules.lpips import find_lpips_weights
+    from vidtok.training.lpips import find_lpips_weights
 
     try:
         find_lpips_weights()

@@ -43,6 +43,7 @@ from vidtok.data.shards import shard_urls, with_video_file
 from vidtok.data.token_shards import META, TOKENS, iter_token_samples
 from vidtok.data.video_read import VideoReadError
 from vidtok.data.vidtok import read_meta_csv, resolve_video_path
+from vidtok.distributed import gather, leave_process_group
 from vidtok.errors import VidTokError
 from vidtok.inference import add_precision_arguments, resolve_chunk_size
 from vidtok.latent_stats import CodeUsage, LatentMoments, stats_for
@@ -230,15 +231,6 @@ class DatasetEncoder(pl.LightningModule):
             self._bar.close()
 
 
-def gather(value: Any) -> list[Any]:
-    """`value` from every rank, in rank order (just `[value]` in one process)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [value]
-    gathered: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, value)
-    return gathered
-
-
 def check_inputs(args: argparse.Namespace) -> None:
     """Raise a VidTokError unless exactly one input (`--meta_path` with `--data_dir`, or `--shards`) is given."""
     csv_given = args.meta_path is not None or args.data_dir is not None
@@ -272,6 +264,7 @@ def encode_dataset(args: argparse.Namespace) -> dict[str, Any] | None:
     trainer.predict(module, return_predictions=False)
     module.close()
     parts = gather({"stats": module.stats, "failed": module.failed, "written": module.written})
+    leave_process_group()
     if trainer.global_rank != 0:
         return None
     stats = existing.stats

@@ -162,13 +162,13 @@ def compute_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def load_lpips(device: torch.device | str = "cpu", pretrained: bool = True) -> torch.nn.Module:
-    """The VGG LPIPS network of `vidtok.modules.lpips` in eval mode on `device`.
+    """The VGG LPIPS network of `vidtok.training.lpips` in eval mode on `device`.
 
     Raises:
         FileNotFoundError: when `pretrained` and its weights are not on disk (the message names the file and where
             to put it); leave `lpips` out of the metrics to evaluate without it.
     """
-    from vidtok.modules.lpips import LPIPS
+    from vidtok.training.lpips import LPIPS
 
     try:
         model = LPIPS(pretrained=pretrained)

@@ -43,6 +43,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from vidtok.distributed import leave_process_group
 from vidtok.errors import ConfigError
 from vidtok.util import check_config_targets, get_obj_from_str, read_yaml_config
 
@@ -532,4 +533,5 @@ def train(
         trainer.fit(model, datamodule, ckpt_path=ckpt)
     else:
         trainer.validate(model, datamodule, ckpt_path=ckpt)
+    leave_process_group()
     return TrainResult(trainer=trainer, model=model, datamodule=datamodule, logdir=logdir)

@@ -59,13 +59,13 @@ from vidtok.api import load_config, load_model_from_config
 from vidtok.checkpoint import check_compatible, read_state_dict
 from vidtok.errors import VidTokError
 from vidtok.modules.decoder import VideoDecoder
-from vidtok.modules.ema import shadow_name
 from vidtok.modules.encoder import VideoEncoder
 from vidtok.modules.fsq import FSQRegularizer
 from vidtok.modules.gaussian import DiagonalGaussianRegularizer
 from vidtok.modules.normalization import LayerNorm
 from vidtok.modules.resample import TemporalUpsample
 from vidtok.modules.variant import LAYOUTS, Variant, resampling_levels
+from vidtok.training.ema import shadow_name
 from vidtok.util import get_obj_from_str
 
 if TYPE_CHECKING:

@@ -16,8 +16,8 @@ import lightning.pytorch as pl
 import torch
 
 from vidtok.checkpoint import check_compatible, drop_ignored, read_state_dict
-from vidtok.models.training import TrainingMixin
 from vidtok.modules.fsq import FSQRegularizer
+from vidtok.training.engine_training import TrainingMixin
 from vidtok.util import instantiate_from_config
 
 logger = logging.getLogger(__name__)

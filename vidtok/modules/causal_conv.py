@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast_conv import FastConv3d
+from vidtok.kernels.fast_conv import FastConv3d
+
 from .reshape import channels_last, layout_of
 
 TimePadMode = Literal["constant", "replicate"]

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidtok.kernels.fast_conv import FastConv2d, FastConv3d
+
 from .causal_conv import TimeBuffer, TimePadMode, causal_window
-from .fast_conv import FastConv2d, FastConv3d
 from .resblock import make_conv3d
 from .reshape import channels_last
 

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vidtok.kernels.fast_conv import FastConv2d, FastConv3d
+
 from .causal_conv import CausalConv1d, CausalConv3d, TimePadMode, conv1d_over_time
-from .fast_conv import FastConv2d, FastConv3d
 from .normalization import make_norm, norm_silu
 from .reshape import batch_to_time, time_to_batch
 

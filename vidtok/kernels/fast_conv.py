@@ -21,7 +21,8 @@ from contextvars import ContextVar
 import torch
 from torch import nn
 
-from .reshape import channels_last
+from vidtok.modules.reshape import channels_last
+
 from .winograd import winograd_applies, winograd_conv
 
 # below this many output pixels per frame tap the weight transform costs more than Winograd saves

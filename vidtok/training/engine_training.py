@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from vidtok.modules.ema import LitEma
+from vidtok.training.ema import LitEma
 from vidtok.util import get_obj_from_str
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""What training the autoencoder needs and inference does not: loss, LPIPS, discriminators, EMA, image logs."""
