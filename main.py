@@ -29,8 +29,7 @@ import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
-from vidtok.cli import run
-from vidtok.inference import str2bool
+from vidtok.cli import run, str2bool
 from vidtok.train import (
     TrainResult,
     WandbOptions,

@@ -37,8 +37,8 @@ sys.path.insert(0, str(REPO))
 
 from vidtok.api import load_model_from_config  # noqa: E402
 from vidtok.data.shards import VidTokShardDataset  # noqa: E402
+from vidtok.data.video_io import VideoWriter  # noqa: E402
 from vidtok.data.vidtok import VidTokDataset  # noqa: E402
-from vidtok.inference import VideoWriter  # noqa: E402
 
 TINY_FSQ = REPO / "configs" / "tiny" / "vidtok_fsq_causal_tiny.yaml"
 PARAMS = {"input_height": 64, "input_width": 64, "sample_num_frames": 17, "sample_fps": 8}

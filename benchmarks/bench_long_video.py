@@ -6,7 +6,7 @@
 
 Three measurements, each in a fresh child process (so one's peak does not hide another's):
 
-(a) streaming encode+decode (:class:`vidtok.inference.StreamingReconstructor`, `--chunk` frames pushed at a time)
+(a) streaming encode+decode (:class:`vidtok.streaming.StreamingReconstructor`, `--chunk` frames pushed at a time)
     of `--frames` frames at `--size`² with the full-size `configs/vidtok_kl_causal_488_4chn.yaml` model. Memory
     should not grow with the number of frames (the issue's target: 257 frames at most 1.3× the peak of 33).
 (b) one 17-frame clip at `--hd` (1080×1920) encoded and decoded without tiles (`model.encode`/`decode`), with
@@ -81,7 +81,7 @@ def work_stream(model, spec, device) -> dict:
     """(a) push `frames` random frames through the streaming reconstructor, `chunk` at a time; outputs dropped."""
     import torch
 
-    from vidtok.inference import StreamingReconstructor
+    from vidtok.streaming import StreamingReconstructor
 
     size, frames, chunk = spec["size"], spec["frames"], spec["chunk"]
     generator = torch.Generator().manual_seed(0)
@@ -99,8 +99,8 @@ def work_clip(model, spec, device) -> dict:
     """(b) one clip, untiled, tiled (whole clip per tile) or tiled while streaming."""
     import torch
 
-    from vidtok.inference import TileMajorProgress, resolve_tiles, tile_major_reconstruct
-    from vidtok.tiling import decode_tiled, encode_tiled
+    from vidtok.tile_major import TileMajorProgress, tile_major_reconstruct
+    from vidtok.tiling import decode_tiled, encode_tiled, resolve_tiles
 
     T, H, W = spec["frames"], spec["height"], spec["width"]
     x = torch.rand(1, 3, T, H, W, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
@@ -130,8 +130,7 @@ def work_state(model, spec, device) -> dict:
     its latents through the decoder, and list the frames each causal layer keeps after the last push."""
     import torch
 
-    from vidtok.inference import padded_stream_length
-    from vidtok.streaming import StreamingDecoder, StreamingEncoder
+    from vidtok.streaming import StreamingDecoder, StreamingEncoder, padded_stream_length
 
     size, T = spec["tile"], spec["frames"]
     x = torch.rand(1, 3, T, size, size, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
@@ -155,9 +154,10 @@ def work_quality(model, spec, device) -> dict:
     """(c) encode the first frames of a real video, decode the latents with and without tiles; PSNRs."""
     import torch
 
-    from vidtok.data.video_read import frame_interval, open_video
-    from vidtok.inference import iter_frame_chunks, resolve_tiles
-    from vidtok.tiling import decode_tiled
+    from vidtok.clips import iter_frame_chunks
+    from vidtok.data.sampling import frame_interval
+    from vidtok.data.video_io import open_video
+    from vidtok.tiling import decode_tiled, resolve_tiles
 
     path, size, T = spec["video"], spec["size"], spec["frames"]
     reader = open_video(path)

@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vidtok.api import load_model_from_config  # noqa: E402
-from vidtok.data.video_read import open_video  # noqa: E402
-from vidtok.inference import iter_frame_chunks  # noqa: E402
+from vidtok.clips import iter_frame_chunks  # noqa: E402
+from vidtok.data.video_io import open_video  # noqa: E402
 from vidtok.metrics import compute_psnr  # noqa: E402
 from vidtok.precision import Precision  # noqa: E402
 

@@ -1,5 +1,5 @@
 """Calibrate the activation-memory estimate the inference entry points check before running a clip
-(:func:`vidtok.inference.estimate_peak_bytes`).
+(:func:`vidtok.memory.estimate_peak_bytes`).
 
     PYTHONPATH=. .venv/bin/python benchmarks/memory_estimate.py [--config CONFIG] [--frames 17] [--sizes 64,128]
 
@@ -24,7 +24,7 @@ def measure(config: str, frames: int, size: int) -> dict[str, float]:
     import torch
 
     from vidtok.api import load_model_from_config
-    from vidtok.inference import activation_width
+    from vidtok.memory import activation_width
 
     model = load_model_from_config(config).eval()
     x = torch.rand(1, 3, frames, size, size) * 2 - 1

@@ -15,9 +15,16 @@ import logging
 import sys
 
 from vidtok.api import load_model_from_config
-from vidtok.cli import add_debug_argument, check_output_dir, entry_point
+from vidtok.cli import (
+    add_debug_argument,
+    add_model_arguments,
+    check_output_dir,
+    device_from_args,
+    entry_point,
+    precision_from_args,
+    str2bool,
+)
 from vidtok.evaluate import evaluate, format_metrics, load_metric_networks
-from vidtok.inference import add_model_arguments, default_device, precision_from_args, str2bool
 from vidtok.metrics import METRIC_NAMES, parse_metrics
 
 __all__ = ["load_model_from_config", "build_parser", "main"]
@@ -63,7 +70,7 @@ def main(argv: list[str]) -> int:
         metrics = parse_metrics(args.metrics)
     except ValueError as err:
         parser.error(str(err))
-    device = default_device() if args.device is None else args.device
+    device = device_from_args(args)
     if args.output is not None:
         check_output_dir(args.output, "--output")
     print(f"[scripts.inference_evaluate] Evaluating model {args.ckpt}")

@@ -12,9 +12,19 @@ import argparse
 import logging
 import sys
 
+from lightning.pytorch import seed_everything
+
 from vidtok.api import load_model_from_config
-from vidtok.cli import add_debug_argument, check_output_dir, check_output_file, entry_point
-from vidtok.inference import add_model_arguments, default_device, precision_from_args, seed_everything, str2bool
+from vidtok.cli import (
+    add_debug_argument,
+    add_model_arguments,
+    check_output_dir,
+    check_output_file,
+    device_from_args,
+    entry_point,
+    precision_from_args,
+    str2bool,
+)
 from vidtok.reconstruct import output_path_for, reconstruct_to_file
 
 
@@ -47,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    device = default_device() if args.device is None else args.device
+    device = device_from_args(args)
     check_output_dir(args.output_video_dir, "--output_video_dir")
     check_output_file(output_path_for(args.input_video_path, args.output_video_dir), "output video")
     print(f"[scripts.inference_reconstruct] Evaluating model {args.ckpt}")

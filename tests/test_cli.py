@@ -19,7 +19,9 @@ from training_utils import TINY_KL, make_dataset, tiny_overrides
 
 import main as train_main
 import vidtok.cli
-import vidtok.inference
+import vidtok.data.video_io
+import vidtok.memory
+import vidtok.tiling
 from scripts import convert_diffusers, inference_evaluate, inference_reconstruct
 from tests.conftest import REPO
 from tests.video_helpers import save_tiny_model, write_test_video
@@ -309,13 +311,13 @@ def test_output_folder_without_space(tiny, video, tmp_path, capsys, monkeypatch)
 def test_disk_full_while_writing_leaves_no_file(tiny, video, tmp_path, capsys, monkeypatch):
     config, ckpt, _ = tiny
     out = tmp_path / "out"
-    write = vidtok.inference.VideoWriter.write
+    write = vidtok.data.video_io.VideoWriter.write
 
     def write_then_fail(self, frames):
         write(self, frames)  # the partial file exists now
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(partial_path(self.path)))
 
-    monkeypatch.setattr(vidtok.inference.VideoWriter, "write", write_then_fail)
+    monkeypatch.setattr(vidtok.data.video_io.VideoWriter, "write", write_then_fail)
     fails(capsys, inference_reconstruct.main, reconstruct_args(config, ckpt, video, out), "no space left on device",
           "clip_reconstructed")
     assert list(out.iterdir()) == []  # neither the video nor its partial file
@@ -389,13 +391,13 @@ def test_training_without_a_perceptual_term_needs_no_lpips_weights(tmp_path, mon
 
 def test_frames_too_large_for_memory_name_tile_size(tiny, video, tmp_path, capsys, monkeypatch):
     config, ckpt, _ = tiny
-    monkeypatch.setattr(vidtok.inference, "device_memory_bytes", lambda device: 8 * 2**30)
+    monkeypatch.setattr(vidtok.memory, "device_memory_bytes", lambda device: 8 * 2**30)
     argv = [*reconstruct_args(config, ckpt, video, tmp_path / "out"), "--input_height", "4096",
             "--input_width", "4096"]
     line = fails(capsys, inference_reconstruct.main, argv, "4096×4096", "--tile_size", "8 GiB")
     suggested = int(line.split("--tile_size ")[1].split()[0])
-    tiles = vidtok.inference.resolve_tiles(tiny[2], suggested)
-    vidtok.inference.check_memory(tiny[2], 17, 4096, 4096, tiles, "cpu")  # the suggested tiles fit
+    tiles = vidtok.tiling.resolve_tiles(tiny[2], suggested)
+    vidtok.memory.check_memory(tiny[2], 17, 4096, 4096, tiles, "cpu")  # the suggested tiles fit
     # `python -m vidtok encode` makes the same check before encoding anything
     tokens = tmp_path / "t.npz"
     fails(capsys, vidtok_main, ["encode", video, "-c", config, "--ckpt", ckpt, "-o", tokens, "--height", "4096",

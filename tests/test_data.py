@@ -24,19 +24,11 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from scripts import inference_evaluate, inference_reconstruct
 from tests.video_helpers import save_tiny_model, write_test_video
-from vidtok.data import video_read
+from vidtok.data import video_io
 from vidtok.data.datamodule import DataModuleFromConfig
+from vidtok.data.sampling import frame_interval, sample_frame_indices, strided_frame_indices
 from vidtok.data.transforms import VidTokVideoTransform, pad_by_repeating_last
-from vidtok.data.video_read import (
-    VideoReadError,
-    frame_interval,
-    open_video,
-    read_clip,
-    read_frames,
-    read_strided_frames,
-    sample_frame_indices,
-    strided_frame_indices,
-)
+from vidtok.data.video_io import VideoReadError, open_video, read_clip, read_frames, read_strided_frames
 from vidtok.data.vidtok import NoUsableVideosError, VidTokDataset, VidTokValDataset
 from vidtok.errors import VidTokError
 
@@ -157,7 +149,7 @@ def test_read_errors_have_reasons(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         def __len__(self) -> int:
             return 0
 
-    monkeypatch.setattr(video_read.decord, "VideoReader", EmptyReader)
+    monkeypatch.setattr(video_io.decord, "VideoReader", EmptyReader)
     with pytest.raises(VideoReadError) as empty:
         open_video(str(short))
     assert empty.value.reason == "empty"
@@ -257,7 +249,7 @@ def test_pyav_reads_what_decord_cannot(tmp_path: Path, monkeypatch: pytest.Monke
         def get_batch(self, indices: list[int]) -> None:
             raise decord.DECORDError("Check failed: from_size == to_size")
 
-    monkeypatch.setattr(video_read.decord, "VideoReader", FailingReader)
+    monkeypatch.setattr(video_io.decord, "VideoReader", FailingReader)
     video = open_video(str(path))
     frames = read_frames(video, [5, 0, 3], str(path))
     assert video.backend == "pyav"
@@ -291,7 +283,7 @@ def test_ten_bit_and_variable_frame_rate_videos(tmp_path: Path) -> None:
         gaps = np.diff([frame.pts for frame in container.decode(stream)])
         average_rate = float(stream.average_rate)
     assert len(set(gaps.tolist())) > 2  # really irregular
-    for video in (open_video(str(vfr)), video_read.PyAVVideo(str(vfr))):
+    for video in (open_video(str(vfr)), video_io.PyAVVideo(str(vfr))):
         assert len(video) == 6
         assert video.get_avg_fps() == pytest.approx(average_rate)
         frames = torch.from_numpy(video.get_batch([4, 1, 2, 5]))

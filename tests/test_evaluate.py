@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import vidtok.inference
+import vidtok.clips
 import vidtok.metrics
 from scripts import inference_evaluate
 from tests.conftest import REPO
@@ -29,8 +29,8 @@ from tests.video_helpers import (
     write_test_video,
 )
 from vidtok.api import load_model_from_config
+from vidtok.clips import resolve_chunk_size
 from vidtok.evaluate import StreamScorer, evaluate
-from vidtok.inference import resolve_chunk_size
 from vidtok.metrics import MetricAccumulator, score_frame_groups
 from vidtok.training.lpips import LPIPS, VGG16_ENV, VGG16_FILENAME
 
@@ -327,9 +327,9 @@ def test_read_long_video_streams_causal_models_to_the_whole_clip_figures(tmp_pat
     write_test_video(tmp_path / "v.mp4", num_frames=40)
     model = load_model_from_config(*fsq_model).eval()
     read_sizes = []
-    real_read = vidtok.inference.read_frames
+    real_read = vidtok.clips.read_frames
     monkeypatch.setattr(
-        vidtok.inference, "read_frames", lambda r, idx, p: read_sizes.append(len(idx)) or real_read(r, idx, p)
+        vidtok.clips, "read_frames", lambda r, idx, p: read_sizes.append(len(idx)) or real_read(r, idx, p)
     )
     result = evaluate(model, tmp_path, input_height=32, input_width=32, metrics=("psnr", "ssim"),
                       read_long_video=True, chunk_size=8, progress=False)

@@ -10,8 +10,10 @@ import torch
 
 import vidtok.precision
 from tests.conftest import tiny_model_config
-from vidtok.inference import StreamingReconstructor, add_precision_arguments, precision_from_args, reconstruct_clip
+from vidtok.cli import add_precision_arguments, precision_from_args
 from vidtok.precision import PRECISIONS, Precision, stage_context
+from vidtok.reconstruct import reconstruct_clip
+from vidtok.streaming import StreamingReconstructor
 from vidtok.util import instantiate_from_config
 
 

@@ -9,20 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-import vidtok.inference
+import vidtok.clips
 from scripts import inference_reconstruct
 from tests.video_helpers import read_video_reference, save_tiny_model, split_padded, write_test_video
-from vidtok.inference import (
-    StreamingReconstructor,
-    VideoWriter,
-    long_clip_length,
-    padded_stream_length,
-    resolve_tiles,
-    to_uint8,
-    write_video,
-)
+from vidtok.clips import long_clip_length
+from vidtok.data.video_io import VideoWriter, to_uint8, write_video
 from vidtok.reconstruct import VideoReconstructor, forward_after_context, output_path_for, reconstruct_video
-from vidtok.tiling import Tiling
+from vidtok.streaming import StreamingReconstructor, padded_stream_length
+from vidtok.tiling import Tiling, resolve_tiles
 
 SIZE = dict(input_height=32, input_width=32)
 
@@ -177,9 +171,9 @@ def whole_clip_reference(model, video, num_frames: int, length: int) -> torch.Te
 def test_long_video_streams_and_equals_the_whole_clip_pass(tmp_path, video20, monkeypatch, variant, regularizer):
     _, _, model = save_tiny_model(tmp_path, causal=True, regularizer=regularizer, variant=variant)
     read_sizes = []
-    real_read = vidtok.inference.read_frames
+    real_read = vidtok.clips.read_frames
     monkeypatch.setattr(
-        vidtok.inference, "read_frames", lambda r, idx, p: read_sizes.append(len(idx)) or real_read(r, idx, p)
+        vidtok.clips, "read_frames", lambda r, idx, p: read_sizes.append(len(idx)) or real_read(r, idx, p)
     )
     reconstructor = VideoReconstructor(
         model, video20, sample_fps=30, read_long_video=True, chunk_size=4, progress=False, **SIZE

@@ -19,7 +19,7 @@ from training_utils import REPO, one_thread  # noqa: F401  (module-wide autouse 
 
 import main
 from vidtok.data.shards import ShardProgress, VidTokShardDataset, shard_urls
-from vidtok.data.video_read import VideoReadError
+from vidtok.data.video_io import VideoReadError
 from vidtok.data.vidtok import VidTokDataset
 from vidtok.errors import VidTokError
 

@@ -6,23 +6,17 @@ import pytest
 import torch
 
 from tests.test_autoencoder import build, clip
-from vidtok.inference import (
-    StreamingReconstructor,
-    TileMajorProgress,
-    padded_stream_length,
-    resolve_tiles,
-    tile_major_reconstruct,
-)
 from vidtok.precision import Precision
 from vidtok.streaming import (
     StreamingDecoder,
     StreamingEncoder,
+    StreamingReconstructor,
     decode_in_chunks,
-    decoder_tiles,
     encode_in_chunks,
-    encoder_tiles,
+    padded_stream_length,
 )
-from vidtok.tiling import decode_tiled, encode_tiled
+from vidtok.tile_major import TileMajorProgress, decoder_tiles, encoder_tiles, tile_major_reconstruct
+from vidtok.tiling import decode_tiled, encode_tiled, resolve_tiles
 
 
 def full_pass(model, x):

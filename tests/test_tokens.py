@@ -12,11 +12,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import vidtok.inference
+import vidtok.clips
 from tests.conftest import REPO, tiny_model_config
 from tests.video_helpers import read_video_reference, save_tiny_model, split_padded, write_test_video
 from vidtok.__main__ import main as cli
-from vidtok.inference import reconstruct_clip
+from vidtok.reconstruct import reconstruct_clip
 from vidtok.tokens import (
     MODEL_TARGETS,
     EncodedVideo,
@@ -386,9 +386,9 @@ def test_encode_rejects_bad_inputs(models, tmp_path, capsys):
 def test_streamed_round_trip_equals_the_in_memory_one(models, video, tmp_path, monkeypatch, name):
     config, ckpt, model = models[name]
     read_sizes = []
-    real_read = vidtok.inference.read_frames
+    real_read = vidtok.clips.read_frames
     monkeypatch.setattr(
-        vidtok.inference, "read_frames", lambda r, idx, p: read_sizes.append(len(idx)) or real_read(r, idx, p)
+        vidtok.clips, "read_frames", lambda r, idx, p: read_sizes.append(len(idx)) or real_read(r, idx, p)
     )
     streamed = encode_video(model, video, read_long_video=True, chunk_size=4, config=config, ckpt=ckpt, **SIZE)
     assert read_sizes == [4] * 5  # read a chunk at a time

@@ -37,7 +37,7 @@ from training_utils import (
 )
 
 import main
-from vidtok.data.video_read import VideoReadError
+from vidtok.data.video_io import VideoReadError
 from vidtok.data.vidtok import NoUsableVideosError
 from vidtok.train import (
     count_devices,

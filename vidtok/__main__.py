@@ -15,11 +15,18 @@ import argparse
 import logging
 import sys
 
-from vidtok.cli import add_debug_argument, check_output_dir, check_output_file, entry_point
+from vidtok.cli import (
+    add_debug_argument,
+    add_precision_arguments,
+    check_output_dir,
+    check_output_file,
+    device_from_args,
+    entry_point,
+)
 from vidtok.data.token_shards import read_token_sample
+from vidtok.data.video_io import VideoWriter, to_uint8
 from vidtok.encode_dataset import add_arguments as add_encode_dataset_arguments
 from vidtok.encode_dataset import encode_dataset
-from vidtok.inference import VideoWriter, add_precision_arguments, default_device, to_uint8
 from vidtok.tokens import LATENT_DTYPES, encode_video, iter_decoded_frames, load_model_for, load_tokens, save_tokens
 
 LONG_VIDEO_HELP = (
@@ -84,7 +91,7 @@ def main(argv: list[str]) -> int:
             sys.stdout.write(f"{summary['written']} videos encoded, {summary['skipped']} already done, "
                              f"{summary['failed']} failed -> {args.output}\n")
         return 0
-    device = default_device() if args.device is None else args.device
+    device = device_from_args(args)
     check_output_file(args.output, "--output")
     if args.command == "encode":
         from vidtok.api import load_model_from_config

@@ -1,4 +1,5 @@
-"""The error boundary every command-line entry point runs inside, and the output checks they share.
+"""The command line's shared parts: the error boundary every entry point runs inside, the flags the entry points
+share (one vocabulary: the original scripts' names and defaults), and the output checks they run before any work.
 
 :func:`run` (or the :func:`entry_point` decorator) calls an entry point's `main(argv)`. A failure the user can fix
 is printed as one `error: ...` line on stderr and exits 1: :class:`vidtok.errors.VidTokError` and the project's
@@ -22,7 +23,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from vidtok.errors import OutputError, VidTokError
+from vidtok.precision import PRECISIONS, Precision
 
 DEBUG_ENV = "VIDTOK_DEBUG"
 FALSE_WORDS = ("0", "false", "no", "n", "f", "off", "")
@@ -68,7 +72,7 @@ def _one_line(text: object) -> str:
 def _known_types() -> tuple[type[BaseException], ...]:
     """The project's user-facing error classes (imported late: they pull in decord and diffusers glue)."""
     from vidtok.checkpoint import CheckpointMismatchError
-    from vidtok.data.video_read import VideoReadError
+    from vidtok.data.video_io import VideoReadError
     from vidtok.interop.diffusers import DiffusersIncompatibleError
 
     return VidTokError, VideoReadError, CheckpointMismatchError, DiffusersIncompatibleError
@@ -124,6 +128,103 @@ def entry_point(main: MainFunction) -> Callable[[Sequence[str] | None], int]:
         return run(main, argv)
 
     return wrapped
+
+
+# --- shared flags ----------------------------------------------------------------------------------------------
+
+
+def str2bool(value: str | bool) -> bool:
+    """Command-line booleans as the original parses them: `yes/true/t/y/1` or `no/false/f/n/0`, any case."""
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if value.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"boolean value expected, got {value!r}")
+
+
+def add_precision_arguments(parser: argparse.ArgumentParser, stages: bool = True) -> None:
+    """`--precision` (the original's flag) and, with `stages`, `--encode_precision`/`--decode_precision` that
+    override it for one stage; read them back with :func:`precision_from_args`."""
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="full",
+        help="full (fp32), autocast (fp16 on CUDA; fp32 on CPU, as the original's CUDA-only autocast), bf16 or fp16",
+    )
+    if stages:
+        for stage in ("encode", "decode"):
+            parser.add_argument(
+                f"--{stage}_precision", choices=PRECISIONS, default=None,
+                help=f"precision of the {stage}r only (default: --precision), e.g. --encode_precision full "
+                "--decode_precision bf16",
+            )
+
+
+def precision_from_args(args: argparse.Namespace) -> Precision:
+    stage = {name: getattr(args, f"{name}_precision", None) for name in ("encode", "decode")}
+    return Precision.of(args.precision, **stage)
+
+
+def add_frame_arguments(parser: argparse.ArgumentParser, sample_fps_help: str) -> None:
+    """How a video is read and cut into clips, with the original scripts' names and defaults (`--height`,
+    `--width` stay as aliases of `--input_height`, `--input_width`)."""
+    parser.add_argument(
+        "--input_height", "--height", type=int, default=256, help="frame height (shorter side is resized to it)"
+    )
+    parser.add_argument("--input_width", "--width", type=int, default=256, help="frame width (centre crop)")
+    parser.add_argument("--sample_fps", type=float, default=30, help=sample_fps_help)
+    parser.add_argument(
+        "--num_frames_per_batch", type=int, default=None,
+        help="frames per clip: 17 for causal models, 16 for non-causal ones (sets --chunk_size to 16)",
+    )
+    parser.add_argument(
+        "--chunk_size", type=int, default=None,
+        help="temporal chunk (default 16): clips are chunk_size+1 frames (causal) or chunk_size (non-causal)",
+    )
+
+
+def add_tile_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--tile_size` / `--tile_overlap`, read by :func:`vidtok.tiling.resolve_tiles`."""
+    parser.add_argument(
+        "--tile_size", type=int, default=None,
+        help="run encoder and decoder on overlapping spatial tiles of this many pixels (a multiple of the model's "
+        "spatial factor f; the decoder's tiles are tile_size/f latents), for large frames; off by default",
+    )
+    parser.add_argument(
+        "--tile_overlap", type=int, default=None,
+        help="overlap of neighbouring tiles in pixels, a multiple of f (default: a quarter of --tile_size)",
+    )
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """`--device`, read back with :func:`device_from_args`."""
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def device_from_args(args: argparse.Namespace) -> torch.device:
+    """`--device`, or CUDA when there is one and the CPU otherwise."""
+    if args.device is not None:
+        return torch.device(args.device)
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, long_video_help: str, sample_fps_help: str) -> None:
+    """The flags both inference scripts share (model, frame sampling, clip layout, tiling, device), with the
+    original's names and defaults."""
+    parser.add_argument("--seed", type=int, default=42, help="seed (the KL posterior is sampled)")
+    add_precision_arguments(parser)
+    parser.add_argument("--config", default="configs/vidtok_kl_causal_488_4chn.yaml", help="model config (YAML)")
+    parser.add_argument("--ckpt", default="checkpoints/vidtok_kl_causal_488_4chn.ckpt", help="model checkpoint")
+    add_frame_arguments(parser, sample_fps_help)
+    parser.add_argument("--read_long_video", action="store_true", help=long_video_help)
+    add_tile_arguments(parser)
+    parser.add_argument(
+        "--sample_posterior", type=str2bool, nargs="?", const=True, default=True,
+        help="KL models: sample the posterior as the original does (default) or decode its mean (false); "
+        "streaming (--read_long_video, causal models) always decodes the mean",
+    )
+    add_device_argument(parser)
+    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
 
 
 # --- outputs, checked before any model work -------------------------------------------------------------------

@@ -34,9 +34,8 @@ import torch
 from torchvision.transforms import v2
 
 from vidtok.checkpoint import export_weights
-from vidtok.data.video_read import open_video, read_frames
+from vidtok.data.video_io import open_video, read_frames, write_video
 from vidtok.errors import VidTokError
-from vidtok.inference import write_video
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "small" / "vidtok_kl_causal_444_16chn_small.yaml"

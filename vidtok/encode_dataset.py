@@ -39,13 +39,14 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
+from vidtok.cli import add_precision_arguments
+from vidtok.clips import resolve_chunk_size
 from vidtok.data.shards import shard_urls, with_video_file
 from vidtok.data.token_shards import META, TOKENS, iter_token_samples
-from vidtok.data.video_read import VideoReadError
+from vidtok.data.video_io import VideoReadError
 from vidtok.data.vidtok import read_meta_csv, resolve_video_path
 from vidtok.distributed import gather, leave_process_group
 from vidtok.errors import VidTokError
-from vidtok.inference import add_precision_arguments, resolve_chunk_size
 from vidtok.latent_stats import CodeUsage, LatentMoments, stats_for
 from vidtok.tokens import LATENT_DTYPES, encode_video, model_description
 

@@ -9,7 +9,7 @@ The protocol is the original's (VidTok's README table, spec §7/§11):
   video shorter than one clip is therefore one padded clip. With `read_long_video` each video is one clip of its
   first `chunk·⌊(L-1)/chunk⌋+1` (causal) or `chunk·⌊L/chunk⌋` frames (causal videos of at most `chunk` frames
   are left out, as in the original). Causal models stream it: frames are read `chunk` at a time, pushed through
-  :class:`vidtok.inference.StreamingReconstructor` and scored as they come out, so memory does not grow with the
+  :class:`vidtok.streaming.StreamingReconstructor` and scored as they come out, so memory does not grow with the
   length, and the figures are those of the whole-clip pass (KL: of the posterior mean, as streaming does not
   sample). Non-causal models cannot stream: the clip goes through the model in one pass;
 - `tile_size` / `tile_overlap` (pixels, off by default) run encoder and decoder on overlapping spatial tiles
@@ -38,22 +38,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch import seed_everything
 from tqdm import tqdm
 
 from vidtok.cli import replace_atomically
-from vidtok.data.video_read import VideoReadError
+from vidtok.clips import check_frame_size, clip_length, iter_frame_chunks, resolve_chunk_size
+from vidtok.data.video_io import VideoReadError
 from vidtok.data.vidtok import VidTokValDataset
-from vidtok.inference import (
-    check_frame_size,
-    check_memory,
-    clip_length,
-    iter_frame_chunks,
-    reconstruct_clip,
-    resolve_chunk_size,
-    resolve_tiles,
-    seed_everything,
-    stream_reconstruct,
-)
+from vidtok.memory import check_memory
 from vidtok.metrics import (
     FRAME_GROUP_SIZE,
     FRAME_METRICS,
@@ -64,6 +56,8 @@ from vidtok.metrics import (
     score_frame_groups,
 )
 from vidtok.precision import Precision
+from vidtok.reconstruct import reconstruct_clip, stream_reconstruct
+from vidtok.tiling import resolve_tiles
 
 logger = logging.getLogger(__name__)
 

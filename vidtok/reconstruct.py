@@ -1,4 +1,5 @@
-"""Reconstruct one video with a tokenizer and save `[input | reconstruction]` side by side (`inference_reconstruct`).
+"""Reconstructing a video with a tokenizer (encode then decode): one clip, a video clip by clip, streamed, or
+tile-major; and saving `[input | reconstruction]` side by side (`scripts/inference_reconstruct.py`).
 
 As in the original script:
 
@@ -18,7 +19,7 @@ Different from the original, on purpose:
 - The tail that does not fill a clip is reconstructed too: it is padded by repeating its last frame, encoded and
   decoded, and the padding is cut off again, so the output has every sampled frame. (The original drops it.)
 - `read_long_video` with a causal model (v1.0 or v1.1) *streams*: frames are read from the file `chunk_size` at a
-  time, pushed through :class:`vidtok.inference.StreamingReconstructor`, and the output is written as it comes,
+  time, pushed through :class:`vidtok.streaming.StreamingReconstructor`, and the output is written as it comes,
   so memory does not grow with the video's length. The result is the whole-clip pass over the video padded to
   `1 + k·tdf` frames (by repeating the last one) up to float rounding; KL latents are the posterior mean (streaming
   does not sample). The original needed a v1.1 model and its chunked mode, whose decoder chunks differ slightly
@@ -28,7 +29,7 @@ Different from the original, on purpose:
 - `tile_size` / `tile_overlap` (pixels; off by default) run encoder and decoder on overlapping spatial tiles of
   each frame (latent tiles of `tile_size / f` for the decoder), for frames too large to fit in memory at once;
   see :mod:`vidtok.tiling`. Tiled and untiled results differ slightly near tile borders. With `read_long_video`
-  (causal models) tiles go *tile-major* (:func:`vidtok.inference.tile_major_reconstruct`): each tile streams
+  (causal models) tiles go *tile-major* (:func:`vidtok.tile_major.tile_major_reconstruct`): each tile streams
   through the whole video, read again for it, so only one tile's stream state is held; the tiles' outputs are
   blended in temporary files, and the output is written once every tile is done. Memory is then bounded by the
   tile and the chunk, not by the frame size or the video's length.
@@ -46,25 +47,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vidtok.inference import (
-    SpatialTiles,
-    VideoWriter,
+from vidtok.clips import (
     check_frame_size,
-    check_memory,
     clip_length,
     iter_clips,
     iter_frame_chunks,
     long_clip_length,
-    padded_stream_length,
     plan_clips,
-    reconstruct_clip,
     resolve_chunk_size,
-    resolve_tiles,
-    stream_reconstruct,
-    to_uint8,
 )
+from vidtok.data.video_io import VideoWriter, to_uint8
+from vidtok.memory import check_memory
 from vidtok.precision import Precision
-from vidtok.tiling import decode_tiled, run_tiled
+from vidtok.streaming import StreamingReconstructor, padded_stream_length
+from vidtok.tile_major import ChunkSource, tile_major_reconstruct
+from vidtok.tiling import SpatialTiles, decode_tiled, encode_tiled, resolve_tiles, run_tiled
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +98,33 @@ def side_by_side(inputs: np.ndarray, outputs: np.ndarray, concat_input: bool = T
 
 
 @torch.no_grad()
+def reconstruct_clip(
+    model,
+    x: torch.Tensor,
+    sample_posterior: bool = True,
+    tiles: SpatialTiles | None = None,
+    precision: str | Precision = "full",
+) -> torch.Tensor:
+    """Encode and decode a clip `[B, 3, T, H, W]` in [-1, 1]; returns the last T decoded frames, unclamped, in the
+    decoder's output dtype.
+
+    KL models sample the posterior (as the original's `model(x)` does) unless `sample_posterior=False`, which
+    decodes the posterior mean; FSQ models are deterministic either way. With `tiles`, encoder and decoder run on
+    overlapping spatial tiles (:func:`vidtok.tiling.encode_tiled` / :func:`~vidtok.tiling.decode_tiled`). Each
+    stage runs in its `precision` (:class:`vidtok.precision.Precision`, or one name for both).
+    """
+    precision = Precision.of(precision)
+    with precision.encoding(x.device):
+        if tiles is None:
+            z, _ = model.encode(x, sample=sample_posterior)
+        else:
+            z, _ = encode_tiled(model, x, tiles.pixels, sample=sample_posterior)
+    with precision.decoding(x.device):
+        out = model.decode(z.float()) if tiles is None else decode_tiled(model, z.float(), tiles.latents)
+    return out[:, :, -x.shape[2] :]
+
+
+@torch.no_grad()
 def forward_after_context(
     model,
     context: torch.Tensor,
@@ -130,6 +154,46 @@ def forward_after_context(
     with precision.decoding(x.device):
         out = model.decoder(z.float()) if tiles is None else decode_tiled(model, z.float(), tiles.latents)
     return out[:, :, -x.shape[2] :]
+
+
+def stream_reconstruct(
+    model,
+    read_chunks: ChunkSource,
+    num_frames: int,
+    tiles: SpatialTiles | None = None,
+    precision: str | Precision = "full",
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Stream a video through `model`: `read_chunks()` gives its chunks `[3, t, H, W]` (CPU, [-1, 1];
+    `num_frames` in all).
+
+    Yields `(inputs, outputs)`, both `[3, t', H, W]` float32 on the CPU, outputs clamped to [-1, 1]: the frames
+    reconstructed so far, each beside its input. The model runs in `precision` on `device`, nothing else does.
+    Without `tiles` the video is read once and frames come out as they are reconstructed
+    (:class:`StreamingReconstructor`); with `tiles` it goes tile-major (:func:`tile_major_reconstruct`, which reads
+    the video once per tile and shows a progress bar over tiles × chunks with `progress`), and frames come out at
+    the end.
+    """
+    if tiles is not None:
+        yield from tile_major_reconstruct(model, read_chunks, num_frames, tiles, precision, device, progress)
+        return
+    stream = StreamingReconstructor(model, num_frames, precision)
+    pending: list[torch.Tensor] = []  # input frames whose reconstruction has not come out yet
+
+    def pair(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        joined = torch.cat(pending, dim=1)
+        pending[:] = [joined[:, out.shape[2] :]]
+        return joined[:, : out.shape[2]], out[0].float().clamp(-1, 1).cpu()
+
+    for chunk in read_chunks():
+        pending.append(chunk)
+        out = stream.push(chunk.unsqueeze(0).to(device))
+        if out.shape[2]:
+            yield pair(out)
+    out = stream.finish()
+    if out.shape[2]:
+        yield pair(out)
 
 
 class VideoReconstructor:

@@ -1,7 +1,7 @@
 """Frame-exact streaming for causal models (v1.0 and v1.1): encode a video chunk by chunk as its frames are read,
 and decode latents chunk by chunk, with results equal to the whole-clip pass and memory that does not grow with the
-video's length; and tile-major streaming (:func:`blend_tile_major`), which runs one spatial tile at a time through
-the whole video so that memory does not grow with the frame size either.
+video's length; :class:`StreamingReconstructor` does both for a whole video. Frames too large for one stream state
+go one spatial tile at a time instead (:mod:`vidtok.tile_major`).
 
 Every time-mixing layer of a causal VidTok model is a causal sliding window (convs, the temporal average), a
 frame repeat, or (v1.1) a linear ×2 upsampler that needs one frame of lookahead. While streaming, each keeps the
@@ -17,19 +17,15 @@ the next chunk.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from vidtok.modules.causal_conv import CausalConv1d, CausalConv3d, TimeBuffer, pad_time_front
 from vidtok.modules.resample import LinearUpsampleStream, TemporalDownsample, TemporalUpsample
 from vidtok.precision import Precision
-from vidtok.tiling import Tiling, placements, weight_sum
 
 
 class StreamState:
@@ -74,7 +70,7 @@ class StreamState:
                 m.stream = None
 
 
-def _require_causal(model) -> None:
+def require_causal(model) -> None:
     if not model.is_causal:
         raise ValueError("streaming needs a causal model: a non-causal model's every frame depends on the whole clip")
 
@@ -89,7 +85,7 @@ class StreamingEncoder:
     """
 
     def __init__(self, model, num_frames: int | None = None, sample: bool = False):
-        _require_causal(model)
+        require_causal(model)
         self.model = model
         encoder = model.encoder
         tdf = encoder.time_downsample_factor
@@ -118,7 +114,7 @@ class StreamingDecoder:
     final, `finish` the rest."""
 
     def __init__(self, model):
-        _require_causal(model)
+        require_causal(model)
         self.model = model
         decoder = model.decoder
         self._to_drop = decoder.time_downsample_factor - 1 if decoder.layout.crop_output else 0
@@ -187,123 +183,94 @@ class FrameWindow:
         return x
 
 
-# --- tile-major streaming ------------------------------------------------------------------------------------------
-#
-# Streaming every tile of a frame at once keeps every tile's stream state at once: the state grows with the frame's
-# area (tens of GiB at 1080p for the full-size models). Tile-major runs one tile through the whole video, then the
-# next: only one tile's state is alive, the video is read again for every tile, and the tiles' outputs are blended
-# into a file, a few frames of which are in memory at a time.
-
-ChunkSource = Callable[[], Iterable[torch.Tensor]]
-"""Each call reads the whole input again, in order: chunks `[B, C, t, H, W]` (CPU), all the same B, C, H, W."""
-
-TileRunner = Callable[[Iterable[torch.Tensor]], Iterator[tuple[torch.Tensor, int]]]
-"""Runs one tile's chunks through a fresh stream; yields each output piece `[B, C, t, h, w]` and the bytes the
-stream state holds after it."""
+# --- a whole video, frames in and frames out ------------------------------------------------------------------------
 
 
-class BlendedFrames:
-    """Tile outputs blended into a float32 file of frames `[T, B·C, H, W]`, as :func:`vidtok.tiling.run_tiled`
-    blends them in memory: weighted sums added tile by tile, divided by the summed weights when read.
+def padded_stream_length(model, num_frames: int) -> int:
+    """The length a causal model streams a `num_frames` video at: the smallest `1 + k·tdf >= num_frames`.
 
-    Only the frames being added or read are mapped, so memory holds a chunk of frames, not the video (a memory map
-    of the whole file would count every page touched as resident). The file grows as frames are added.
+    v1.0 models only take such lengths; v1.1 models take any, but with this length their front padding (`tdf - 1`
+    copies of frame 0) is the one the original's chunked long-video mode uses. The tail is filled by repeating the
+    last frame, and the reconstructions of those frames are dropped again.
+    """
+    if num_frames < 1:
+        raise ValueError(f"a video needs at least one frame, got {num_frames}")
+    tdf = model.time_downsample_factor
+    return 1 + tdf * -(-(num_frames - 1) // tdf)
+
+
+class StreamingReconstructor:
+    """Reconstruct a video of `num_frames` frames with a causal model while its frames arrive in chunks.
+
+    `push(frames)` (`[B, 3, t, H, W]`, any t) returns the reconstructed frames that are final so far (`[B, 3, t',
+    H, W]`, unclamped), in order from frame 0; `finish()`, once every frame was pushed, returns the rest. Memory
+    depends on the chunk size and the frame size, not on the video's length. The video is padded to
+    :func:`padded_stream_length` by repeating its last frame, so the result is the whole-clip pass
+    `model(padded)[:, :, :num_frames]` up to float rounding, with one difference: KL latents are the posterior
+    mean (streaming does not sample). The encoder and the decoder run in their stage's `precision`. Frames too
+    large for one stream state go tile by tile instead: :func:`vidtok.tile_major.tile_major_reconstruct`.
     """
 
-    def __init__(self, path: str | Path, batch: int, channels: int, weight: torch.Tensor):
-        self.path = Path(path)
-        self.batch, self.channels = batch, channels
-        self.weight = weight  # [H, W], the sum of all tiles' weights
-        self.num_frames = 0
-        self._frame = (batch * channels, *weight.shape)
-        self.path.write_bytes(b"")
+    def __init__(self, model, num_frames: int, precision: str | Precision = "full"):
+        require_causal(model)
+        self.num_frames = num_frames
+        self.length = padded_stream_length(model, num_frames)
+        self.precision = Precision.of(precision)
+        self._encoder = StreamingEncoder(model, num_frames=self.length)
+        self._decoder = StreamingDecoder(model)
+        self._window = FrameWindow(decoded_before_first_frame(model, self.length), num_frames)
+        self._pushed = 0
+        self._last: torch.Tensor | None = None  # the last frame pushed, to pad the tail with
 
-    def _map(self, t0: int, t1: int, mode: str) -> np.memmap:
-        frame_bytes = int(np.prod(self._frame)) * 4
-        return np.memmap(self.path, np.float32, mode, offset=t0 * frame_bytes, shape=(t1 - t0, *self._frame))
+    def held_bytes(self) -> int:
+        """Bytes of the encoder's and the decoder's stream state (the frames their causal layers keep)."""
+        return self._encoder.state.nbytes() + self._decoder.state.nbytes()
 
-    def add(self, t0: int, values: torch.Tensor, rows: slice, cols: slice) -> None:
-        """Add `values` `[B, C, t, h, w]` to frames `t0 .. t0+t` over `rows × cols`."""
-        t1 = t0 + values.shape[2]
-        if t1 > self.num_frames:
-            os.truncate(self.path, t1 * int(np.prod(self._frame)) * 4)  # new frames read as zeros
-            self.num_frames = t1
-        view = self._map(t0, t1, "r+")
-        view[:, :, rows, cols] += values.permute(2, 0, 1, 3, 4).reshape(t1 - t0, -1, *values.shape[3:]).numpy()
-        view.flush()
-        del view
+    @torch.no_grad()
+    def push(self, frames: torch.Tensor) -> torch.Tensor:
+        if frames.ndim != 5:
+            raise ValueError(f"expected frames [B, C, t, H, W], got shape {tuple(frames.shape)}")
+        if self._pushed + frames.shape[2] > self.num_frames:
+            raise ValueError(f"pushed {self._pushed + frames.shape[2]} frames into a {self.num_frames}-frame stream")
+        if frames.shape[2] == 0:
+            return frames
+        self._pushed += frames.shape[2]
+        self._last = frames[:, :, -1:]
+        return self._run(frames)
 
-    def read(self, t0: int, t1: int) -> torch.Tensor:
-        """Blended frames `t0 .. t1`: `[B, C, t, H, W]`."""
-        frames = torch.from_numpy(np.array(self._map(t0, min(t1, self.num_frames), "r")))
-        return frames.view(-1, self.batch, self.channels, *self._frame[1:]).permute(1, 2, 0, 3, 4) / self.weight
+    @torch.no_grad()
+    def finish(self) -> torch.Tensor:
+        if self._last is None or self._pushed != self.num_frames:
+            raise ValueError(f"finish() after {self._pushed} of the stream's {self.num_frames} frames")
+        parts = []
+        if self.length > self.num_frames:
+            parts.append(self._run(self._last.repeat(1, 1, self.length - self.num_frames, 1, 1)))
+        with self.precision.decoding(self._last.device):
+            parts.append(self._window(self._decoder.finish()))
+        out = torch.cat(parts, dim=2)
+        assert self._window.left == 0, (self._window.left, self.num_frames)
+        return out
 
-
-def blend_tile_major(
-    run_tile: TileRunner,
-    read_chunks: ChunkSource,
-    size: tuple[int, int],
-    tiling: Tiling,
-    scale: float,
-    multiple: int,
-    path: str | Path,
-    on_push: Callable[[int], None] | None = None,
-) -> BlendedFrames:
-    """Run every spatial tile of the input through the whole video, one tile after another, and blend the outputs
-    into a file at `path` (see :class:`BlendedFrames`). The input's frames are `size` (H, W); tiles, weights and
-    blending are those of :func:`vidtok.tiling.run_tiled` (`scale`, `multiple` as there), so the result is the
-    whole-clip tiled pass's. `on_push(held_bytes)` is called after every chunk of every tile."""
-    H, W = size
-    tiles = placements(H, W, tiling, scale, multiple)
-    out: BlendedFrames | None = None
-    for tile in tiles:
-        t = 0
-        for y, held in run_tile(chunk[..., tile.rows, tile.cols] for chunk in read_chunks()):
-            y = y.float().cpu()
-            if out is None:
-                weight = weight_sum(tiles, round(H * scale), round(W * scale))
-                out = BlendedFrames(path, y.shape[0], y.shape[1], weight)
-            if y.shape[2]:
-                out.add(t, y * tile.weight, tile.out_rows, tile.out_cols)
-                t += y.shape[2]
-            if on_push is not None:
-                on_push(held)
-    if out is None:
-        raise ValueError("tile-major streaming got no frames")
-    return out
+    def _run(self, frames: torch.Tensor) -> torch.Tensor:
+        with self.precision.encoding(frames.device):
+            z, _ = self._encoder.push(frames)
+        if z.shape[2] == 0:
+            return frames[:, :, :0]
+        with self.precision.decoding(frames.device):
+            return self._window(self._decoder.push(z.float()))
 
 
-def encoder_tiles(model, num_frames: int, precision: Precision, device: torch.device | str) -> TileRunner:
-    """Streams a tile's frames through the encoder (front padding of a `num_frames` clip); yields encoder outputs
-    before the regularizer, as :func:`vidtok.tiling.encode_tiled` blends them."""
-    _require_causal(model)
-
-    def run(chunks: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, int]]:
-        encoder = StreamingEncoder(model, num_frames=num_frames)
-        for chunk in chunks:
-            with precision.encoding(device):
-                h = encoder.features(chunk.to(device))
-            yield h, encoder.state.nbytes()
-
-    return run
+def decoded_before_first_frame(model, length: int) -> int:
+    """v1.1 decoders return tdf frames per latent: the first ones reconstruct the encoder's front padding."""
+    return model.decoder.output_frames(model.encoder.latent_frames(length)) - length
 
 
-def decoder_tiles(
-    model, skip: int, num_frames: int, precision: Precision, device: torch.device | str
-) -> TileRunner:
-    """Streams a tile's latents through the decoder; of the frames decoded, drops the first `skip` and keeps
-    `num_frames` (see :class:`FrameWindow`)."""
-    _require_causal(model)
-
-    def run(latents: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, int]]:
-        decoder = StreamingDecoder(model)
-        window = FrameWindow(skip, num_frames)
-        for z in latents:
-            with precision.decoding(device):
-                y = decoder.push(z.to(device))
-            yield window(y), decoder.state.nbytes()
-        with precision.decoding(device):
-            y = decoder.finish()
-        yield window(y), decoder.state.nbytes()
-
-    return run
+def pad_chunks(chunks: Iterable[torch.Tensor], length: int) -> Iterator[torch.Tensor]:
+    """The chunks `[B, C, t, H, W]`, then the last frame repeated until `length` frames have come out in all."""
+    pushed, last = 0, None
+    for chunk in chunks:
+        pushed += chunk.shape[2]
+        last = chunk[:, :, -1:]
+        yield chunk
+    if last is not None and length > pushed:
+        yield last.repeat(1, 1, length - pushed, 1, 1)

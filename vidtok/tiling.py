@@ -127,3 +127,51 @@ def decode_tiled(model, z: torch.Tensor, tiling: Tiling) -> torch.Tensor:
     """Whole-clip decode of a latent `[B, z, T', h, w]` on overlapping latent tiles (any model)."""
     with torch.no_grad():
         return run_tiled(lambda tile, _: model.decoder(tile), z, tiling, model.spatial_downsample_factor)
+
+
+# --- the command line's tiles -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpatialTiles:
+    """Tiles for encoding (`pixels`) and the matching tiles for decoding (`latents`: pixel sizes / spatial factor)."""
+
+    pixels: Tiling
+    latents: Tiling
+
+    @property
+    def size(self) -> int:
+        return self.pixels.size
+
+    @property
+    def overlap(self) -> int:
+        return self.pixels.overlap
+
+
+def resolve_tiles(model, tile_size: int | None, tile_overlap: int | None = None) -> SpatialTiles | None:
+    """`--tile_size` / `--tile_overlap` (pixels) as tiles for `model`; `None` without a tile size (no tiling).
+
+    Both must be multiples of the model's spatial factor f (tiles start on the latent grid), the overlap smaller
+    than the tile. The overlap defaults to a quarter of the tile, rounded down to a multiple of f.
+
+    Raises:
+        ValueError: naming the flag to fix.
+    """
+    if tile_size is None:
+        if tile_overlap is not None:
+            raise ValueError("--tile_overlap needs --tile_size (tiling is off without it)")
+        return None
+    f = model.spatial_downsample_factor
+    if tile_size < f or tile_size % f:
+        raise ValueError(
+            f"--tile_size must be a positive multiple of the model's spatial factor {f}, got {tile_size} "
+            f"(e.g. {max(f, tile_size // f * f)})"
+        )
+    if tile_overlap is None:
+        tile_overlap = tile_size // 4 // f * f
+    if tile_overlap < 0 or tile_overlap % f or tile_overlap >= tile_size:
+        raise ValueError(
+            f"--tile_overlap must be a multiple of the model's spatial factor {f} smaller than --tile_size "
+            f"{tile_size}, got {tile_overlap}"
+        )
+    return SpatialTiles(Tiling(tile_size, tile_overlap), Tiling(tile_size // f, tile_overlap // f))

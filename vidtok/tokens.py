@@ -20,7 +20,7 @@ checkpoint folders (or given with `--ckpt`).
 Loading checks the metadata and the array against each other, and decoding checks them against the model, so a
 damaged or mismatched file stops with a :class:`TokenFileError` that names it.
 
-The video is cut as the inference scripts cut it (see :mod:`vidtok.inference`): consecutive non-overlapping
+The video is cut as the inference scripts cut it (see :mod:`vidtok.clips`): consecutive non-overlapping
 clips of `chunk_size + 1` frames (causal) or `chunk_size` (non-causal), each encoded on its own; the last clip is
 padded by repeating its last frame, and decoding drops the padding again, so every sampled frame comes back.
 Decoding a file gives exactly what decoding the in-memory :class:`EncodedVideo` gives.
@@ -60,29 +60,15 @@ from yaml import YAMLError
 
 from vidtok.api import load_model_from_config
 from vidtok.cli import replace_atomically
+from vidtok.clips import check_frame_size, clip_length, iter_clips, iter_frame_chunks, plan_clips, resolve_chunk_size
 from vidtok.errors import VidTokError
-from vidtok.inference import (
-    SpatialTiles,
-    TileMajorProgress,
-    check_frame_size,
-    check_memory,
-    clip_length,
-    decode_tile_major,
-    encode_tile_major,
-    iter_clips,
-    iter_frame_chunks,
-    pad_chunks,
-    padded_stream_length,
-    plan_clips,
-    resolve_chunk_size,
-    resolve_tiles,
-    tile_major_latents,
-)
+from vidtok.memory import check_memory
 from vidtok.models import autoencoder, autoencoder_v1_1
 from vidtok.modules import losses, model_3dcausal, model_3dcausal_v1_1, model_3dnoncausal, regularizers
 from vidtok.precision import Precision
-from vidtok.streaming import FrameWindow, StreamingDecoder, StreamingEncoder
-from vidtok.tiling import decode_tiled, encode_tiled
+from vidtok.streaming import FrameWindow, StreamingDecoder, StreamingEncoder, pad_chunks, padded_stream_length
+from vidtok.tile_major import TileMajorProgress, decode_tile_major, encode_tile_major, tile_major_latents
+from vidtok.tiling import SpatialTiles, decode_tiled, encode_tiled, resolve_tiles
 
 logger = logging.getLogger(__name__)
 
@@ -286,7 +272,7 @@ def _encode_streamed(
     model, plan, height: int, width: int, chunk: int, tiles: SpatialTiles | None, device, progress: bool
 ) -> np.ndarray:
     """Stream a planned one-clip video through a causal encoder, padding its tail to `plan.length` frames; with
-    `tiles`, tile-major (:func:`vidtok.inference.encode_tile_major`)."""
+    `tiles`, tile-major (:func:`vidtok.tile_major.encode_tile_major`)."""
 
     def read_chunks() -> Iterator[torch.Tensor]:
         chunks = iter_frame_chunks(plan.path, plan.frame_indices, height, width, chunk)
@@ -604,7 +590,7 @@ def _decode_streamed(
     model, encoded: EncodedVideo, tiles: SpatialTiles | None, precision: Precision, device, progress: bool
 ) -> Iterator[torch.Tensor]:
     """Stream a one-clip file's latents through the decoder (tile-major with `tiles`,
-    :func:`vidtok.inference.decode_tile_major`); drop the frames of the encoder's front padding (v1.1) and of the
+    :func:`vidtok.tile_major.decode_tile_major`); drop the frames of the encoder's front padding (v1.1) and of the
     tail padding."""
     (part,), ((_, num_valid),) = encoded.tokens, encoded.meta["clips"]["layout"]
     clip_frames = int(encoded.meta["clips"]["clip_frames"])

@@ -32,7 +32,7 @@ from torch.utils.data import IterableDataset
 from webdataset.shardlists import expand_urls
 
 from vidtok.data.transforms import VidTokVideoTransform
-from vidtok.data.video_read import VideoReadError
+from vidtok.data.video_io import VideoReadError
 from vidtok.data.vidtok import check_video_params, skip_or_raise, training_clip
 from vidtok.errors import VidTokError
 

@@ -29,15 +29,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from vidtok.data.sampling import strided_frame_indices
 from vidtok.data.transforms import VidTokVideoTransform, pad_by_repeating_last
-from vidtok.data.video_read import (
-    VideoReadError,
-    open_video,
-    read_clip,
-    read_frames,
-    read_strided_frames,
-    strided_frame_indices,
-)
+from vidtok.data.video_io import VideoReadError, open_video, read_clip, read_frames, read_strided_frames
 from vidtok.errors import DataError, VidTokError
 
 logger = logging.getLogger(__name__)
@@ -144,7 +138,7 @@ def training_clip(
     path: str, video_params: Mapping[str, Any], transform: VidTokVideoTransform, start_index: int | None = None
 ) -> torch.Tensor:
     """One training clip of the video at `path`: ``sample_num_frames`` frames at ``sample_fps`` (see
-    :func:`~vidtok.data.video_read.sample_frame_indices`), transformed, and padded by repeating the last frame when
+    :func:`~vidtok.data.sampling.sample_frame_indices`), transformed, and padded by repeating the last frame when
     the video is shorter. Returns float ``[C, sample_num_frames, H, W]`` in [-1, 1].
 
     Raises:

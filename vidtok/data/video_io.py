@@ -1,30 +1,34 @@
-"""Opening videos with decord (PyAV when decord cannot) and choosing which frames to read, following VidTok's
-sampling rule.
+"""Video files in and out: reading frames with decord (PyAV when decord cannot), and writing mp4s with PyAV, the
+one writer of the project (inference outputs, the training logger's clips, the tests' videos).
 
-Frames come back as ``uint8`` tensors laid out ``[T, H, W, C]`` with ``C == 3`` (RGB), upright: a rotation stored
-in the file's display matrix (phone videos shot in portrait) is applied, so a 1920x1080 stream tagged 90° comes back
-1080 wide and 1920 high. Both decoders convert every pixel format (10-bit included) to RGB24, which means:
+Reading. Frames come back as ``uint8`` tensors laid out ``[T, H, W, C]`` with ``C == 3`` (RGB), upright: a rotation
+stored in the file's display matrix (phone videos shot in portrait) is applied, so a 1920x1080 stream tagged 90°
+comes back 1080 wide and 1920 high. Both decoders convert every pixel format (10-bit included) to RGB24, which means:
 
 - grayscale videos arrive with the luma value copied into all three channels;
 - an alpha channel (PNG/ProRes 4444/QTRLE with ``rgba``) is dropped, not composited onto a background.
 
 decord is tried first (it is the original's reader and the faster one). Any file it cannot open or decode is read
 with PyAV instead: decord's buffer-size check rejects many rotated phone videos. Only a file neither can read is
-unreadable. Mirroring flags of the display matrix are not applied (only its rotation).
+unreadable. Mirroring flags of the display matrix are not applied (only its rotation). Which frames to read is
+:mod:`vidtok.data.sampling`'s business.
 
-Every failure is raised as :class:`VideoReadError`, which carries the path and a machine-readable ``reason`` so
-datasets can decide whether to skip the file or stop.
+Every read failure is raised as :class:`VideoReadError`, which carries the path and a machine-readable ``reason``
+so datasets can decide whether to skip the file or stop.
+
+Writing. :func:`to_uint8` turns model output in [-1, 1] into frames as the original does; :class:`VideoWriter`
+writes them a chunk at a time, :func:`write_video` in one go.
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
-import math
 import os
 import random
 from collections.abc import Sequence
 from fractions import Fraction
+from pathlib import Path
 from typing import Literal
 
 import av
@@ -32,6 +36,8 @@ import decord
 import numpy as np
 import torch
 
+from vidtok.cli import partial_path
+from vidtok.data.sampling import sample_frame_indices, strided_frame_indices
 from vidtok.errors import VidTokError
 
 logger = logging.getLogger(__name__)
@@ -240,96 +246,6 @@ def open_video(path: str) -> VideoFile:
     return video
 
 
-def frame_interval(video_fps: float, sample_fps: float) -> int:
-    """Source frames between two sampled frames: ``round(video_fps / sample_fps)``.
-
-    Python's ``round`` rounds halves to even (25 fps at 10 fps gives 2, not 3); the original uses it too, so the
-    interval matches it exactly.
-
-    Raises:
-        ValueError: if the interval would be 0 (``sample_fps`` more than twice ``video_fps``) or the fps is not a
-            positive finite number. The original would then sample one frame over and over (training) or crash in
-            ``range(..., 0)`` (evaluation).
-    """
-    if not sample_fps > 0:
-        raise ValueError(f"sample_fps must be positive, got {sample_fps}")
-    if not (math.isfinite(video_fps) and video_fps > 0):
-        raise ValueError(f"video fps must be a positive number, got {video_fps}")
-    interval = round(video_fps / sample_fps)
-    if interval < 1:
-        raise ValueError(
-            f"sample_fps={sample_fps} is more than twice the video's {video_fps:.3f} fps, so round(fps/sample_fps)=0; "
-            "lower video_params.sample_fps"
-        )
-    return interval
-
-
-def sample_frame_indices(
-    total_frames: int,
-    video_fps: float,
-    sample_num_frames: int,
-    sample_fps: float,
-    start_index: int | None = None,
-    rng: random.Random | None = None,
-) -> np.ndarray:
-    """Indices of the frames VidTok trains on: ``sample_num_frames`` frames spaced ``round(fps/sample_fps)`` apart.
-
-    The rule, with ``n = min(sample_num_frames, total_frames)`` and ``interval = frame_interval(...)``:
-
-    - ``span = (n - 1) * interval + 1``;
-    - ``start = start_index`` if given, else ``randint(0, total - span - 1)`` (both ends inclusive), or 0 when the
-      video is shorter than that;
-    - ``indices = linspace(start, min(total - 1, start + span), n)`` truncated to int.
-
-    Quirk kept on purpose: ``linspace`` runs to ``start + span`` rather than ``start + span - 1``, so its step is
-    ``interval + 1/(n-1)``. Truncation hides the fraction for every index but the last, which lands one frame late:
-    n=17, interval=10, start=0 gives 0, 10, ..., 150, **161**. The original trains on exactly these frames (and the
-    random start's upper bound of ``total - span - 1`` exists so that this overshoot stays inside the video), so
-    changing it would change what the checkpoints were trained on. When the video is too short for ``span``, the
-    ``min`` squeezes the ``n`` indices evenly into ``[start, total - 1]``.
-
-    Args:
-        total_frames: frames in the video (>= 1).
-        video_fps: the video's average frame rate.
-        sample_num_frames: frames wanted; fewer come back when the video has fewer frames.
-        sample_fps: the frame rate to sample at.
-        start_index: fixed first frame (e.g. 0 for validation); ``None`` draws it at random.
-        rng: random source for the start; ``None`` uses the module-level ``random`` (which DataLoader seeds per
-            worker), as the original does.
-
-    Returns:
-        int64 array of shape ``[min(sample_num_frames, total_frames)]``, non-decreasing.
-
-    Raises:
-        ValueError: for non-positive counts, a bad fps (see :func:`frame_interval`) or a ``start_index`` outside
-            ``[0, total_frames)``.
-    """
-    if total_frames < 1:
-        raise ValueError(f"total_frames must be >= 1, got {total_frames}")
-    if sample_num_frames < 1:
-        raise ValueError(f"sample_num_frames must be >= 1, got {sample_num_frames}")
-    if start_index is not None and not 0 <= start_index < total_frames:
-        raise ValueError(f"start_index={start_index} is outside the video's {total_frames} frames")
-
-    num = min(sample_num_frames, total_frames)
-    interval = frame_interval(video_fps, sample_fps)
-    span = (num - 1) * interval + 1
-
-    if start_index is not None:
-        start = start_index
-    elif total_frames - span - 1 < 0:
-        start = 0
-    else:
-        start = (rng or random).randint(0, total_frames - span - 1)
-
-    return np.linspace(start, min(total_frames - 1, start + span), num).astype(np.int64)
-
-
-def strided_frame_indices(total_frames: int, video_fps: float, sample_fps: float) -> np.ndarray:
-    """Every ``round(fps/sample_fps)``-th frame from frame 0 (the evaluation rule): int64 ``[ceil(total/interval)]``."""
-    return np.arange(0, total_frames, frame_interval(video_fps, sample_fps), dtype=np.int64)
-
-
 def read_frames(reader: VideoFile, indices: np.ndarray | list[int], path: str) -> torch.Tensor:
     """Decode ``indices`` from an open video.
 
@@ -400,3 +316,129 @@ def read_strided_frames(path: str, sample_fps: float) -> tuple[torch.Tensor, np.
     except ValueError as err:
         raise VideoReadError(path, "bad_fps", str(err)) from err
     return read_frames(reader, indices, path), indices
+
+
+# --- writing videos ------------------------------------------------------------------------------------------------
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """`[C, T, H, W]` in [-1, 1] -> uint8 `[T, H, W, C]`, as the original: clamp, `(x + 1) / 2 · 255`, truncated."""
+    if video.ndim != 4:
+        raise ValueError(f"expected a video [C, T, H, W], got shape {tuple(video.shape)}")
+    unit = (video.detach().float().clamp(-1.0, 1.0) + 1.0) / 2.0
+    return (unit.permute(1, 2, 3, 0).cpu().numpy() * 255).astype(np.uint8)
+
+
+# The PyAV layout of uint8 frames [T, H, W, C], by channel count C.
+_INPUT_FORMATS = {1: "gray", 3: "rgb24", 4: "rgba"}
+
+
+class VideoWriter:
+    """Write uint8 frames `[t, H, W, C]` (C = 3 RGB; 1 gray or 4 RGBA also) to a video a chunk at a time, with PyAV
+    (H.264, yuv420p, encoder defaults: what `torchvision.io.write_video` did). `options` go to the encoder, e.g.
+    `{"crf": "18"}`; `codec` and `pix_fmt` choose another stream (e.g. `png` with `gray` or `rgba`), which the
+    frames are converted to.
+
+    The file is created at the first :meth:`write` (its frames fix the size, which must be even for yuv420p) under
+    a hidden temporary name beside `path`, and renamed to `path` by :meth:`close`, so a failure (a full disk, an
+    error in the frames' producer) never leaves a half-written video; use it as a context manager, which removes
+    the temporary file if the block raises::
+
+        with VideoWriter("out.mp4", fps=30) as writer:
+            for frames in chunks:
+                writer.write(frames)
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        fps: float,
+        codec: str = "libx264",
+        options: dict[str, str] | None = None,
+        pix_fmt: str = "yuv420p",
+    ) -> None:
+        self.path = Path(path)
+        self.rate = Fraction(fps).limit_denominator(1001)
+        self.codec = codec
+        self.options = dict(options or {})
+        self.pix_fmt = pix_fmt
+        self.num_frames = 0
+        self._container = None
+        self._stream = None
+
+    def write(self, frames: np.ndarray) -> None:
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] not in _INPUT_FORMATS:
+            raise ValueError(f"expected uint8 frames [T, H, W, 3] (or 1 or 4 channels), got {frames.dtype} "
+                             f"{frames.shape}")
+        if frames.shape[0] == 0:
+            return
+        _, H, W, C = frames.shape
+        if self._stream is None:
+            if self.pix_fmt == "yuv420p" and (H % 2 or W % 2):
+                raise ValueError(f"H.264 (yuv420p) needs an even frame size, got {H}×{W}")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._container = av.open(str(partial_path(self.path)), mode="w")
+            self._stream = self._container.add_stream(self.codec, rate=self.rate)
+            self._stream.width, self._stream.height = W, H
+            self._stream.pix_fmt = self.pix_fmt
+            self._stream.options = self.options
+        elif (H, W) != (self._stream.height, self._stream.width):
+            raise ValueError(f"frames of {H}×{W} in a {self._stream.height}×{self._stream.width} video")
+        for frame in frames:
+            image = frame[..., 0] if C == 1 else frame
+            for packet in self._stream.encode(av.VideoFrame.from_ndarray(image, format=_INPUT_FORMATS[C])):
+                self._container.mux(packet)
+        self.num_frames += frames.shape[0]
+
+    def close(self) -> None:
+        """Flush the encoder, close the file and give it its name (nothing is written if no frame was)."""
+        if self._container is None:
+            return
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
+        except BaseException:
+            self.discard()
+            raise
+        self._container = self._stream = None
+        os.replace(partial_path(self.path), self.path)
+
+    def discard(self) -> None:
+        """Close and delete the half-written file, if this writer created one."""
+        container, self._container, self._stream = self._container, None, None
+        if container is None:
+            return
+        try:
+            container.close()
+        except Exception as err:  # the file goes anyway; the failure that led here is the one to report
+            logger.debug("closing the discarded %s failed: %s", self.path, err)
+        finally:
+            partial_path(self.path).unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
+
+
+def write_video(
+    path: str | Path,
+    frames: np.ndarray,
+    fps: float,
+    codec: str = "libx264",
+    options: dict[str, str] | None = None,
+    pix_fmt: str = "yuv420p",
+) -> Path:
+    """Write uint8 frames `[T, H, W, C]` (T >= 1) in one go; see :class:`VideoWriter`. For yuv420p, H and W must
+    be even."""
+    if np.asarray(frames).shape[:1] == (0,):
+        raise ValueError("write_video needs at least one frame, got none")
+    with VideoWriter(path, fps, codec, options, pix_fmt) as writer:
+        writer.write(frames)
+    return Path(path)
