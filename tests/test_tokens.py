@@ -13,8 +13,10 @@ import torch
 from omegaconf import OmegaConf
 
 import vidtok.clips
+from scripts import inference_reconstruct
 from tests.conftest import REPO, tiny_model_config
 from tests.video_helpers import read_video_reference, save_tiny_model, split_padded, write_test_video
+from vidtok.__main__ import build_parser
 from vidtok.__main__ import main as cli
 from vidtok.reconstruct import reconstruct_clip
 from vidtok.tokens import (
@@ -127,6 +129,31 @@ def test_cli_encode_then_decode(models, video, tmp_path, capsys, monkeypatch):
     assert cli(["decode", str(tokens), "-o", str(out)]) == 0
     reader = decord.VideoReader(str(out))
     assert len(reader) == 10 and reader.get_avg_fps() == pytest.approx(15) and reader[0].shape == (32, 32, 3)
+
+
+def test_encode_takes_the_scripts_flag_names_and_defaults():
+    encode = build_parser().parse_args(["encode", "v.mp4", "-c", "c.yaml", "--ckpt", "m.ckpt", "-o", "t.npz"])
+    script = inference_reconstruct.build_parser().parse_args([])
+    shared = ("input_height", "input_width", "sample_fps", "num_frames_per_batch", "chunk_size", "read_long_video",
+              "tile_size", "tile_overlap", "device", "precision")
+    assert {k: getattr(encode, k) for k in shared} == {k: getattr(script, k) for k in shared}
+    assert (encode.input_height, encode.input_width, encode.sample_fps) == (256, 256, 30)
+    old = build_parser().parse_args(["encode", "v.mp4", "-c", "c", "--ckpt", "m", "-o", "t", "--height", "64",
+                                     "--width", "48", "--chunk_size", "8"])
+    assert (old.input_height, old.input_width, old.chunk_size) == (64, 48, 8)
+
+
+def test_a_25_fps_video_sampled_at_30_decodes_at_25(models, tmp_path, capsys):
+    config, ckpt, _ = models["fsq"]
+    video = write_test_video(tmp_path / "pal.mp4", num_frames=9, fps=25)
+    tokens = tmp_path / "pal.npz"
+    code = cli(["encode", str(video), "-c", str(config), "--ckpt", str(ckpt), "-o", str(tokens), "--input_height",
+                "32", "--input_width", "32", "--sample_fps", "30", "--num_frames_per_batch", "9"])
+    assert code == 0 and "fsq tokens (1, 3, 8, 8) uint16 for 9 frames" in capsys.readouterr().out
+    assert cli(["decode", str(tokens), "-o", str(tmp_path / "pal_out.mp4"), "--ckpt", str(ckpt)]) == 0
+    assert "9 frames at 25 fps" in capsys.readouterr().out
+    reader = decord.VideoReader(str(tmp_path / "pal_out.mp4"))
+    assert len(reader) == 9 and reader.get_avg_fps() == pytest.approx(25)
 
 
 def test_decode_finds_the_model_or_says_what_is_missing(models, video, tmp_path, capsys):

@@ -15,6 +15,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from vidtok.data.video_io import write_video
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_KL = REPO / "configs" / "tiny" / "vidtok_kl_causal_tiny.yaml"
 TINY_FSQ = REPO / "configs" / "tiny" / "vidtok_fsq_causal_tiny.yaml"
@@ -64,15 +66,7 @@ def write_clip(src: Path, dst: Path, num_frames: int = 40, size: int = 64, start
             frames.append(np.asarray(image.crop((left, top, left + side, top + side)).resize((size, size))))
             if len(frames) == num_frames:
                 break
-    with av.open(str(dst), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for array in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+    write_video(dst, np.stack(frames), fps)
     return dst
 
 

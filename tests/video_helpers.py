@@ -6,7 +6,6 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import av
 import decord
 import numpy as np
 import scipy.signal
@@ -15,6 +14,7 @@ from omegaconf import OmegaConf
 from torchvision.transforms import v2
 
 from tests.conftest import REPO, tiny_model_config
+from vidtok.data.video_io import write_video
 from vidtok.util import instantiate_from_config
 
 EXAMPLE = REPO / "assets" / "example.mp4"
@@ -59,21 +59,10 @@ def write_test_video(
     pix_fmt: str = "yuv420p",
     seed: int = 0,
 ) -> Path:
-    """Write a synthetic video with PyAV. `pix_fmt` `gray` / `rgba` (with codec `png`) give grayscale / alpha."""
+    """Write a synthetic video with the project's writer. `pix_fmt` `gray` / `rgba` (with codec `png`) give
+    grayscale / alpha."""
     channels = {"gray": 1, "rgba": 4}.get(pix_fmt, 3)
-    frames = pattern_frames(num_frames, height, width, channels, seed)
-    in_format = {"gray": "gray", "rgba": "rgba"}.get(pix_fmt, "rgb24")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        for frame in frames:
-            data = frame[..., 0] if channels == 1 else frame
-            for packet in stream.encode(av.VideoFrame.from_ndarray(data, format=in_format)):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return write_video(path, pattern_frames(num_frames, height, width, channels, seed), fps, codec, pix_fmt=pix_fmt)
 
 
 def read_video_reference(path: Path, height: int, width: int, sample_fps: float) -> torch.Tensor:

@@ -1,12 +1,14 @@
 """`python -m vidtok encode|decode`: a video to a token file and back.
 
-    python -m vidtok encode VIDEO -c CONFIG --ckpt CKPT -o tokens.npz [--height 256 --width 256 --sample_fps N]
-        [--read_long_video] [--tile_size PX [--tile_overlap PX]]
+    python -m vidtok encode VIDEO -c CONFIG --ckpt CKPT -o tokens.npz [--input_height 256 --input_width 256]
+        [--sample_fps 30] [--num_frames_per_batch 17] [--read_long_video] [--tile_size PX [--tile_overlap PX]]
     python -m vidtok decode tokens.npz -o out.mp4 [-c CONFIG --ckpt CKPT] [--tile_size PX [--tile_overlap PX]]
     python -m vidtok decode OUT/part-0-00000.tar --key KEY -o out.mp4   (a sample of encode-dataset's shards)
     python -m vidtok encode-dataset ...   (a whole dataset on many processes, see vidtok.encode_dataset)
 
-See :mod:`vidtok.tokens` for the file format. Decoding writes the video as it is decoded.
+The encoder's flags are the inference scripts' (same names and defaults, built by the same helpers in
+:mod:`vidtok.cli`; `--height`, `--width` stay as aliases). See :mod:`vidtok.tokens` for the file format.
+Decoding writes the video as it is decoded, at the rate of the frames the encoder kept.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import sys
 
 from vidtok.cli import (
     add_debug_argument,
+    add_device_argument,
+    add_frame_arguments,
     add_precision_arguments,
+    add_tile_arguments,
     check_output_dir,
     check_output_file,
     device_from_args,
@@ -29,6 +34,10 @@ from vidtok.encode_dataset import add_arguments as add_encode_dataset_arguments
 from vidtok.encode_dataset import encode_dataset
 from vidtok.tokens import LATENT_DTYPES, encode_video, iter_decoded_frames, load_model_for, load_tokens, save_tokens
 
+SAMPLE_FPS_HELP = (
+    "frames per second to sample: every round(fps / sample_fps)-th frame is kept, and the video is decoded at "
+    "the rate of the frames kept"
+)
 LONG_VIDEO_HELP = (
     "causal models: encode the whole video as one clip, streaming it (frames read --chunk_size at a time, memory "
     "independent of the length); decoding such a file streams too. Non-causal models cannot stream: they are "
@@ -45,10 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("-c", "--config", required=True, help="model config (YAML)")
     enc.add_argument("--ckpt", required=True, help="model checkpoint")
     enc.add_argument("-o", "--output", required=True, help="token file to write (.npz)")
-    enc.add_argument("--height", type=int, default=256, help="frame height (shorter side is resized to it)")
-    enc.add_argument("--width", type=int, default=256, help="frame width (centre crop)")
-    enc.add_argument("--sample_fps", type=float, default=None, help="frames per second to keep (default: all)")
-    enc.add_argument("--chunk_size", type=int, default=None, help="clip = chunk+1 (causal) or chunk frames; 16")
+    add_frame_arguments(enc, SAMPLE_FPS_HELP)
     enc.add_argument("--latent_dtype", choices=LATENT_DTYPES, default="float32", help="KL latents' storage type")
     enc.add_argument("--read_long_video", action="store_true", help=LONG_VIDEO_HELP)
 
@@ -66,15 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_debug_argument(dataset)
 
     for sub in (enc, dec):
-        sub.add_argument(
-            "--tile_size", type=int, default=None,
-            help="run the model on overlapping spatial tiles of this many pixels (a multiple of the spatial factor; "
-            "decoding uses tile_size/f latents); off by default",
-        )
-        sub.add_argument(
-            "--tile_overlap", type=int, default=None, help="overlap of the tiles in pixels (default: a quarter tile)"
-        )
-        sub.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+        add_tile_arguments(sub)
+        add_device_argument(sub)
         add_precision_arguments(sub, stages=False)  # each command runs one stage
         add_debug_argument(sub)
     return parser
@@ -98,8 +97,9 @@ def main(argv: list[str]) -> int:
 
         model = load_model_from_config(args.config, args.ckpt).to(device).eval()
         encoded = encode_video(
-            model, args.video, input_height=args.height, input_width=args.width, sample_fps=args.sample_fps,
-            chunk_size=args.chunk_size, read_long_video=args.read_long_video, tile_size=args.tile_size,
+            model, args.video, input_height=args.input_height, input_width=args.input_width,
+            sample_fps=args.sample_fps, chunk_size=args.chunk_size, num_frames_per_batch=args.num_frames_per_batch,
+            read_long_video=args.read_long_video, tile_size=args.tile_size,
             tile_overlap=args.tile_overlap, latent_dtype=args.latent_dtype, precision=args.precision,
             device=device, config=args.config, ckpt=args.ckpt, progress=True,
         )

@@ -1,7 +1,8 @@
 """Inference precision, chosen per stage: the encoder and the decoder may run in different dtypes.
 
-A stage runs in `full` (fp32), `autocast` (the original's `--precision autocast`: `torch.autocast` with the
-device's default type, float16 on CUDA and bfloat16 on CPU), `bf16` or `fp16` (autocast with that type).
+A stage runs in `full` (fp32), `autocast` (the original's `--precision autocast`: `torch.autocast("cuda")`, so
+float16 on CUDA; on any other device it changes nothing and the stage runs in fp32, as the original's does there),
+`bf16` or `fp16` (autocast with that type, on any device).
 Users of the original found that decoding in bf16 is close to lossless while encoding in it drifts over causal
 rollouts, hence `Precision(encode="full", decode="bf16")`. Whatever a stage runs in, FSQ rounding and the
 temporal interpolation stay in fp32 (those modules leave autocast themselves), and latents are handed from the
@@ -24,10 +25,11 @@ _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def stage_context(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
-    """The context one stage runs in on `device`: nothing for `full`, else `torch.autocast`."""
+    """The context one stage runs in on `device`: nothing for `full` (and for `autocast` off CUDA), else
+    `torch.autocast`."""
     check_precision(precision)
     device_type = torch.device(device).type
-    if precision == "full":
+    if precision == "full" or (precision == "autocast" and device_type != "cuda"):
         return contextlib.nullcontext()
     dtype = _AUTOCAST_DTYPES.get(precision, torch.get_autocast_dtype(device_type))
     if device_type == "cpu" and dtype == torch.bfloat16:

@@ -6,8 +6,7 @@ As in the original script:
 - the video is read at `sample_fps` and cut into consecutive, non-overlapping clips of 17 frames (causal models)
   or 16 (non-causal) — `chunk_size + 1` or `chunk_size` — each encoded and decoded on its own;
 - the output is clamped to [-1, 1] and turned into uint8 by truncating `(x + 1) / 2 · 255`, the input beside it
-  (unless `concat_input=False`), and written as `{stem}_reconstructed.mp4` (H.264) at `sample_fps` frames per
-  second;
+  (unless `concat_input=False`), and written as `{stem}_reconstructed.mp4` (H.264);
 - `pad_gen_frames` (causal models, clip mode): from the second clip on, the model sees the last `tdf - 1`
   *reconstructed* frames of the previous clip followed by the 17 new input frames (20 for tdf 4), and the last 17
   output frames are kept — so each clip starts from what the decoder produced rather than from a fresh first
@@ -15,6 +14,9 @@ As in the original script:
 - `read_long_video`: the whole video is one clip, with no seams between windows.
 
 Different from the original, on purpose:
+
+- The output is written at the rate of the frames kept, `source_fps / round(source_fps / sample_fps)`, not at
+  `sample_fps`: a 25 fps source with `sample_fps=30` keeps every frame and plays at 25 fps, not 1.2× fast.
 
 - The tail that does not fill a clip is reconstructed too: it is padded by repeating its last frame, encoded and
   decoded, and the padding is cut off again, so the output has every sampled frame. (The original drops it.)
@@ -234,7 +236,6 @@ class VideoReconstructor:
         check_frame_size(model, input_height, input_width)
         self.tiles = resolve_tiles(model, tile_size, tile_overlap)
         self.height, self.width = input_height, input_width
-        self.fps = sample_fps
         self.sample_posterior = sample_posterior
         self.precision = Precision.of(precision)
         self.progress = progress
@@ -251,6 +252,7 @@ class VideoReconstructor:
             self.plan = plan_clips(video_path, sample_fps, long_clip=lambda n: long_clip_length(model, n, self.chunk))
         else:
             self.plan = plan_clips(video_path, sample_fps, length=clip_length(model, self.chunk))
+        self.fps = self.plan.output_fps  # no frame is invented: a 25 fps source sampled "at 30" plays at 25
         check_memory(model, self.chunk if self.streaming else self.plan.length, input_height, input_width, self.tiles,
                      self.device)
 
@@ -341,7 +343,8 @@ def reconstruct_to_file(
     model, video_path: str | Path, output_dir: str | Path, *, concat_input: bool = True, **kwargs
 ) -> tuple[Path, ReconstructionInfo]:
     """Reconstruct `video_path` as :func:`reconstruct_video` does and write `{stem}_reconstructed.mp4` to
-    `output_dir` at `sample_fps`, frames as they come: nothing of the video is kept in memory."""
+    `output_dir` at the rate of the frames kept (:attr:`vidtok.clips.ClipPlan.output_fps`), frames as they come:
+    nothing of the video is kept in memory."""
     reconstructor = VideoReconstructor(model, video_path, **kwargs)
     path = output_path_for(video_path, output_dir)
     writing = 0.0

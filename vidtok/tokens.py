@@ -165,6 +165,7 @@ def encode_video(
     input_width: int = 256,
     sample_fps: float | None = None,
     chunk_size: int | None = None,
+    num_frames_per_batch: int | None = None,
     read_long_video: bool = False,
     tile_size: int | None = None,
     tile_overlap: int | None = None,
@@ -178,6 +179,7 @@ def encode_video(
     """Encode every sampled frame of `video_path` (`sample_fps=None`: every frame) with `model` (on `device`,
     eval mode). `config`/`ckpt` are recorded so that the file can be decoded without naming them again.
 
+    `chunk_size` / `num_frames_per_batch` set the clip length (:func:`vidtok.clips.resolve_chunk_size`).
     `read_long_video` streams a causal model's whole video as one clip (see the module docstring); a non-causal
     model is encoded clip by clip anyway. `tile_size`/`tile_overlap` (pixels) encode in spatial tiles.
 
@@ -189,7 +191,7 @@ def encode_video(
     if latent_dtype not in LATENT_DTYPES:
         raise ValueError(f"latent_dtype must be one of {LATENT_DTYPES}, got {latent_dtype!r}")
     device = torch.device(device)
-    chunk = resolve_chunk_size(model, chunk_size)
+    chunk = resolve_chunk_size(model, chunk_size, num_frames_per_batch)
     check_frame_size(model, input_height, input_width)
     tiles = resolve_tiles(model, tile_size, tile_overlap)
     streamed = read_long_video and model.is_causal

@@ -29,6 +29,8 @@ import torchvision
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
+from vidtok.data.video_io import write_video
+
 logger = logging.getLogger(__name__)
 
 
@@ -47,19 +49,8 @@ def to_unit_range(images: torch.Tensor, rescale: bool) -> torch.Tensor:
 
 def write_mp4(path: Path, video: torch.Tensor, fps: int) -> None:
     """Write `[T, H, W, 3]` uint8 frames as H.264 (yuv420p, so odd sizes are padded by one pixel)."""
-    import av
-
-    T, H, W, _ = video.shape
-    pad_h, pad_w = H % 2, W % 2
-    frames = np.pad(video.numpy(), ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = W + pad_w, H + pad_h, "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+    _, H, W, _ = video.shape
+    write_video(path, np.pad(video.numpy(), ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge"), fps)
 
 
 class ImageVideoLogger(Callback):

@@ -13,9 +13,9 @@
 
 Each step runs the command a user would type, printed before it runs.
 
-    python -m vidtok.demo [--workdir outputs/demo] [--batches 200]
-    python -m vidtok.demo --prepare_data DIR [--clips 800]   # only write the data set (how the shipped model was made)
-    python -m vidtok.demo --export CKPT OUT.safetensors      # a training checkpoint's tokenizer weights, float16
+    python scripts/demo.py [--workdir outputs/demo] [--batches 200]
+    python scripts/demo.py --prepare_data DIR [--clips 800]   # only write the data set (how the shipped model was made)
+    python scripts/demo.py --export CKPT OUT.safetensors      # a training checkpoint's tokenizer weights, float16
 """
 
 from __future__ import annotations
