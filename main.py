@@ -34,11 +34,11 @@ from vidtok.train import (
     TrainResult,
     WandbOptions,
     find_resume,
-    load_config,
     run_name,
     run_timestamp,
     train,
 )
+from vidtok.util import merge_configs
 
 logger = logging.getLogger("main")
 
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
         logger.info("resuming %s from %s", logdir, ckpt_path)
     else:
         logdir = Path(opt.logdir) / run_name(opt.base, opt.name, opt.postfix, opt.no_date, now)
-    config = load_config(configs, overrides)
+    config = merge_configs(configs, overrides)
 
     trainer_overrides = {k: getattr(opt, k) for k in trainer_arg_names() if hasattr(opt, k)}
     wandb = None

@@ -33,9 +33,10 @@ from lightning.pytorch.callbacks import Callback
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vidtok.train import load_config, train  # noqa: E402
+from vidtok.train import train  # noqa: E402
 from vidtok.training.engine_training import video_psnr  # noqa: E402
 from vidtok.training.lpips import find_lpips_weights  # noqa: E402
+from vidtok.util import merge_configs  # noqa: E402
 
 CONFIGS = {
     "kl": REPO / "configs" / "tiny" / "vidtok_kl_causal_tiny.yaml",
@@ -119,7 +120,7 @@ def bench(name: str, steps: int, data: Path, out: Path, lpips_pretrained: bool, 
           for k, suffix in (("data_dir", ""), ("meta_path", f"/{csv}"))],
         *extra,
     ]
-    config = load_config([CONFIGS[name]], overrides)
+    config = merge_configs([CONFIGS[name]], overrides)
     recorder = Recorder()
     result = train(config, out / name, trainer_overrides={"max_steps": steps, "accelerator": "cpu"},
                    callbacks=[recorder])

@@ -42,8 +42,6 @@ from vidtok.data.vidtok import NoUsableVideosError
 from vidtok.train import (
     count_devices,
     find_resume,
-    lightning_target,
-    load_config,
     resolve_precision,
     resolve_strategy,
     run_name,
@@ -51,7 +49,7 @@ from vidtok.train import (
     train,
 )
 from vidtok.training.ema import LitEma
-from vidtok.util import instantiate_from_config
+from vidtok.util import instantiate_from_config, lightning_target, merge_configs
 
 PROBE = "lightning.callbacks.probe.target=training_utils.StateProbe"
 
@@ -119,7 +117,7 @@ def test_tiny_config_trains_through_the_gan_phase(config: Path, videos: Path, tm
     assert load_ckpt(logdir / "checkpoints" / "last.ckpt")["global_step"] == 4
     assert sorted(p.name.rsplit("-", 1)[-1] for p in (logdir / "configs").glob("*.yaml")) == [
         "lightning.yaml", "project.yaml"]
-    saved = load_config(sorted(str(p) for p in (logdir / "configs").glob("*.yaml")))
+    saved = merge_configs(sorted(str(p) for p in (logdir / "configs").glob("*.yaml")))
     assert saved.model.params.loss_config.params.disc_start == 2 and saved.lightning.trainer.max_steps == 4
     assert list((logdir / "tensorboard").rglob("events.out.tfevents.*"))
     train_images = logdir / "images" / "train"
@@ -145,7 +143,7 @@ def test_checkpoints_are_ranked_by_the_validation_of_their_own_step(videos: Path
     overrides = tiny_overrides(videos, frames=1, every_n_train_steps=4, val_check_interval=1)
     recorder = ValidationRecorder()
     with caplog.at_level(logging.INFO):
-        result = train(load_config([TINY_KL], overrides), tmp_path / "run", callbacks=[recorder],
+        result = train(merge_configs([TINY_KL], overrides), tmp_path / "run", callbacks=[recorder],
                        trainer_overrides={"accelerator": "cpu", "max_steps": 8})
     checkpoint = next(c for c in result.trainer.callbacks if isinstance(c, ModelCheckpoint))
     assert len(set(recorder.values.values())) == 4  # every validation gave another value
@@ -162,7 +160,7 @@ def test_held_checkpoint_without_a_later_validation_is_saved_as_last(videos: Pat
     # a save every batch, validation every 2: the held step-2 save goes out with step 4's validation, and the step-6
     # one, which no validation follows, becomes last.ckpt
     overrides = tiny_overrides(videos, frames=1, every_n_train_steps=2, val_check_interval=2)
-    result = train(load_config([TINY_KL], overrides), tmp_path / "run",
+    result = train(merge_configs([TINY_KL], overrides), tmp_path / "run",
                    trainer_overrides={"accelerator": "cpu", "max_steps": 6})
     checkpoint = next(c for c in result.trainer.callbacks if isinstance(c, ModelCheckpoint))
     assert sorted(int(re.search(r"step=(\d+)", Path(p).name)[1]) for p in checkpoint.best_k_models) == [4]
@@ -461,10 +459,10 @@ def test_command_line_parsing_and_naming(tmp_path: Path) -> None:
     a.write_text("model: {lr: 1, keep: 2}\n")
     b = tmp_path / "b.yaml"
     b.write_text("model: {lr: 3}\n")
-    cfg = load_config([a, b], ["model.lr=5", "--model.new=x"])
+    cfg = merge_configs([a, b], ["model.lr=5", "--model.new=x"])
     assert OmegaConf.to_container(cfg) == {"model": {"lr": 5, "keep": 2, "new": "x"}}
     with pytest.raises(ValueError, match="key=value"):
-        load_config([a], ["--oops"])
+        merge_configs([a], ["--oops"])
 
 
 def test_two_runs_in_one_process_get_their_own_run_folders(videos: Path, tmp_path: Path) -> None:

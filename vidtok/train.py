@@ -45,13 +45,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from vidtok.distributed import leave_process_group
 from vidtok.errors import ConfigError
-from vidtok.util import check_config_targets, get_obj_from_str, read_yaml_config
+from vidtok.util import check_config_targets, get_obj_from_str, instantiate_from_config
 
 logger = logging.getLogger(__name__)
 
 # The package our Trainer comes from; configs may name either spelling of it.
-LIGHTNING_PACKAGES = ("lightning.pytorch.", "pytorch_lightning.")
-TRAINER_PACKAGE = pl.__name__ + "."
 DDP_TIMEOUT = datetime.timedelta(seconds=5400)  # the original's process-group timeout
 # Run timestamp shared with the worker processes Lightning launches for DDP, so they agree on the logdir.
 TIMESTAMP_ENV = "VIDTOK_RUN_TIMESTAMP"
@@ -130,38 +128,6 @@ def find_resume(resume: str | Path) -> ResumePoint:
     return ResumePoint(logdir=logdir, ckpt=ckpt, configs=configs)
 
 
-def load_config(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> DictConfig:
-    """Merge YAML files left to right, then `key.sub=value` overrides (a leading `--` is allowed)."""
-    if not paths:
-        raise ValueError("no config given: pass one or more YAML files with -b/--base")
-    configs = [read_yaml_config(p) for p in paths]
-    dotlist = [o[2:] if o.startswith("--") else o for o in overrides]
-    bad = [o for o in dotlist if "=" not in o]
-    if bad:
-        raise ValueError(f"unrecognised arguments {bad}: config overrides look like model.params.key=value")
-    return OmegaConf.merge(*configs, OmegaConf.from_dotlist(dotlist))
-
-
-# --- building objects ------------------------------------------------------------------------------------------------
-
-
-def lightning_target(target: str) -> str:
-    """Rewrite `lightning.pytorch.X` / `pytorch_lightning.X` to the package our Trainer comes from: the official
-    YAMLs name `lightning.pytorch.strategies.DDPStrategy`, and a Trainer only accepts its own package's classes."""
-    for prefix in LIGHTNING_PACKAGES:
-        if target.startswith(prefix) and prefix != TRAINER_PACKAGE:
-            return TRAINER_PACKAGE + target[len(prefix):]
-    return target
-
-
-def instantiate(node: Mapping[str, Any], **extra: Any) -> Any:
-    """Build a `target`/`params` node, with Lightning targets mapped by `lightning_target`."""
-    if "target" not in node:
-        raise KeyError(f"config node has no 'target' key (keys: {sorted(node)})")
-    params = {**(node.get("params") or {}), **extra}
-    return get_obj_from_str(lightning_target(str(node["target"])))(**params)
-
-
 def _container(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
@@ -224,7 +190,7 @@ def resolve_strategy(trainer_config: dict[str, Any], strategy_cfg: Mapping[str, 
         logger.info("one training process: not using the configured strategy %s (it applies only with several "
                     "devices or processes)", node.get("target"))
         return "auto"
-    target = lightning_target(str(node["target"]))
+    target = str(node["target"])
     params = dict(node.get("params") or {})
     if target.endswith("DDPStrategy"):
         params.setdefault("timeout", DDP_TIMEOUT)
@@ -410,7 +376,7 @@ def _make_logger(lightning_config: DictConfig, logdir: Path, name: str, wandb: W
             "target": "lightning.pytorch.loggers.TensorBoardLogger",
             "params": {"save_dir": str(logdir), "name": "tensorboard", "version": name},
         }
-    return instantiate(_container(OmegaConf.merge(default, lightning_config.get("logger") or {})))
+    return instantiate_from_config(_container(OmegaConf.merge(default, lightning_config.get("logger") or {})))
 
 
 def _make_callbacks(lightning_config: DictConfig, model: pl.LightningModule, ckptdir: Path,
@@ -443,8 +409,8 @@ def _make_callbacks(lightning_config: DictConfig, model: pl.LightningModule, ckp
         },
     }
     nodes = OmegaConf.merge(defaults, lightning_config.get("callbacks") or {})
-    callbacks = [instantiate(_container(checkpoint))]
-    callbacks += [instantiate(_container(node)) for node in nodes.values()]
+    callbacks = [instantiate_from_config(_container(checkpoint))]
+    callbacks += [instantiate_from_config(_container(node)) for node in nodes.values()]
     callbacks.append(SkippedVideosMonitor())
     return callbacks
 
@@ -506,8 +472,8 @@ def train(
         trainer_kwargs["precision"] = resolve_precision(trainer_kwargs["precision"], kind)
 
     for section in ("model", "data"):
-        check_config_targets(_container(config[section]), section, lightning_target)
-    model = instantiate(_container(config.model))
+        check_config_targets(_container(config[section]), section)
+    model = instantiate_from_config(_container(config.model))
     check_clip_sizes(model, config.data)
     # Build the loss now: a missing LPIPS weight file must stop the run before any data is read.
     if callable(getattr(model, "build_loss", None)):
@@ -526,7 +492,7 @@ def train(
     )
     save_configs(cfgdir, now, config, lightning_config)  # rank 0 only
 
-    datamodule = instantiate(_container(config.data))
+    datamodule = instantiate_from_config(_container(config.data))
     logger.info("logdir %s%s", logdir, f", resuming from {ckpt_path}" if ckpt_path else "")
     ckpt = str(ckpt_path) if ckpt_path else None
     if fit:

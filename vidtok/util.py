@@ -1,5 +1,5 @@
-"""Building objects from `target:`/`params:` config nodes, the convention every VidTok YAML follows, and reading
-those YAML files with errors that name the file, the line or the config key."""
+"""Configs: reading VidTok's YAML files (one, or several merged with command-line overrides) with errors that name
+the file, the line or the config key, and building objects from their `target:`/`params:` nodes."""
 
 from __future__ import annotations
 
@@ -16,9 +16,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from vidtok.errors import ConfigError, MissingFileError, UnknownTargetError
 
+# The official YAMLs name Lightning classes under either package name; a Trainer only accepts its own package's
+# classes (vidtok trains with `lightning.pytorch`).
+LIGHTNING_PACKAGES = ("lightning.pytorch.", "pytorch_lightning.")
+TRAINER_PACKAGE = "lightning.pytorch."
+
+
+def lightning_target(target: str) -> str:
+    """`pytorch_lightning.X` as `lightning.pytorch.X`, the package our Trainer comes from; other targets unchanged."""
+    for prefix in LIGHTNING_PACKAGES:
+        if target.startswith(prefix) and prefix != TRAINER_PACKAGE:
+            return TRAINER_PACKAGE + target[len(prefix):]
+    return target
+
 
 def get_obj_from_str(path: str) -> Any:
-    """Import `package.module.Name` and return `Name`, with an error that says what could not be found."""
+    """Import `package.module.Name` and return `Name` (Lightning names mapped by :func:`lightning_target`), with an
+    error that says what could not be found."""
+    path = lightning_target(path)
     module_name, _, attr = path.rpartition(".")
     if not module_name:
         raise UnknownTargetError(
@@ -57,6 +72,19 @@ def read_yaml_config(path: str | Path) -> DictConfig:
         raise ConfigError(f"config {str(path)!r} is not valid YAML{where}: {err.problem or err.context}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"config {str(path)!r} is not valid YAML: {err}") from err
+
+
+def merge_configs(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> DictConfig:
+    """Merge YAML files left to right, then `key.sub=value` overrides (a leading `--` is allowed): the training
+    command line's `-b A.yaml -b B.yaml model.params.x=1`."""
+    if not paths:
+        raise ConfigError("no config given: pass one or more YAML files with -b/--base")
+    configs = [read_yaml_config(p) for p in paths]
+    dotlist = [o[2:] if o.startswith("--") else o for o in overrides]
+    bad = [o for o in dotlist if "=" not in o]
+    if bad:
+        raise ConfigError(f"unrecognised arguments {bad}: config overrides look like model.params.key=value")
+    return OmegaConf.merge(*configs, OmegaConf.from_dotlist(dotlist))
 
 
 # Parameter annotations checked against config values; others (tensors, callables, nested types) are not checked.
@@ -138,14 +166,11 @@ def _check_params(obj: Callable, params: Mapping[str, Any], where: str, target: 
             )
 
 
-def check_config_targets(
-    node: Any, where: str, resolve_target: Callable[[str], str] = str, source: str | None = None
-) -> None:
+def check_config_targets(node: Any, where: str, source: str | None = None) -> None:
     """Import every `target` under `node` (a resolved config container at key `where`, e.g. `model`) and check
     its `params` against the target's signature (unknown names, simple annotated types), before anything is built,
     so the error names the config key (`model.params.encoder_config.target`) instead of failing deep inside the
-    constructor. `resolve_target` maps a target before import (Lightning's package aliases); `source` (the
-    config file) goes in front of the message.
+    constructor. `source` (the config file) goes in front of the message.
 
     Raises:
         UnknownTargetError: for a target that cannot be imported.
@@ -154,7 +179,7 @@ def check_config_targets(
     prefix = f"config {source!r}: " if source else ""
     if isinstance(node, Mapping):
         if "target" in node:
-            target = resolve_target(str(node["target"]))
+            target = lightning_target(str(node["target"]))
             try:
                 obj = get_obj_from_str(target)
             except UnknownTargetError as err:
@@ -166,7 +191,7 @@ def check_config_targets(
                 except ConfigError as err:
                     raise ConfigError(f"{prefix}{err}") from err
         for key, value in node.items():
-            check_config_targets(value, f"{where}.{key}", resolve_target, source)
+            check_config_targets(value, f"{where}.{key}", source)
     elif isinstance(node, (list, tuple)):
         for i, value in enumerate(node):
-            check_config_targets(value, f"{where}[{i}]", resolve_target, source)
+            check_config_targets(value, f"{where}[{i}]", source)
