@@ -23,7 +23,8 @@ from video_helpers import save_tiny_model, write_test_video
 
 from vidtok.__main__ import main
 from vidtok.data.token_shards import iter_token_samples, read_token_sample
-from vidtok.tokens import iter_decoded_frames, load_model_for, load_tokens
+from vidtok.token_file import load_model_for, load_tokens
+from vidtok.tokens import iter_decoded_frames
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = {"a": 12, "b": 20, "sub/c.v2": 9}  # name -> frames; "sub/c.v2" checks nested paths and dots in names

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from vidtok.data.token_shards import TokenShardDataset, latent_frames, read_token_sample
 from vidtok.encode_dataset import npy_bytes
 from vidtok.errors import VidTokError
-from vidtok.tokens import TokenFileError
+from vidtok.token_file import TokenFileError
 
 
 def write_parts(root: Path, samples: dict[str, tuple[np.ndarray, str]], per_part: int) -> list[str]:

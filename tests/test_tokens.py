@@ -19,18 +19,16 @@ from tests.video_helpers import read_video_reference, save_tiny_model, split_pad
 from vidtok.__main__ import build_parser
 from vidtok.__main__ import main as cli
 from vidtok.reconstruct import reconstruct_clip
-from vidtok.tokens import (
+from vidtok.token_file import (
     MODEL_TARGETS,
     EncodedVideo,
     check_model_matches,
-    decode_tokens,
-    encode_video,
     index_dtype,
-    iter_decoded_frames,
     load_model_for,
     load_tokens,
     save_tokens,
 )
+from vidtok.tokens import decode_tokens, encode_video, iter_decoded_frames
 
 SIZE = dict(input_height=32, input_width=32)
 

@@ -32,7 +32,8 @@ from vidtok.data.token_shards import read_token_sample
 from vidtok.data.video_io import VideoWriter, to_uint8
 from vidtok.encode_dataset import add_arguments as add_encode_dataset_arguments
 from vidtok.encode_dataset import encode_dataset
-from vidtok.tokens import LATENT_DTYPES, encode_video, iter_decoded_frames, load_model_for, load_tokens, save_tokens
+from vidtok.token_file import LATENT_DTYPES, load_model_for, load_tokens, save_tokens
+from vidtok.tokens import encode_video, iter_decoded_frames
 
 SAMPLE_FPS_HELP = (
     "frames per second to sample: every round(fps / sample_fps)-th frame is kept, and the video is decoded at "

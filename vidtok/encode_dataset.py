@@ -48,7 +48,8 @@ from vidtok.data.vidtok import read_meta_csv, resolve_video_path
 from vidtok.distributed import gather, leave_process_group
 from vidtok.errors import VidTokError
 from vidtok.latent_stats import CodeUsage, LatentMoments, stats_for
-from vidtok.tokens import LATENT_DTYPES, encode_video, model_description
+from vidtok.token_file import LATENT_DTYPES, model_description
+from vidtok.tokens import encode_video
 
 logger = logging.getLogger(__name__)
 

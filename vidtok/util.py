@@ -7,7 +7,7 @@ import importlib
 import inspect
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,19 @@ def merge_configs(paths: Sequence[str | Path], overrides: Sequence[str] = ()) ->
     if bad:
         raise ConfigError(f"unrecognised arguments {bad}: config overrides look like model.params.key=value")
     return OmegaConf.merge(*configs, OmegaConf.from_dotlist(dotlist))
+
+
+def iter_targets(node: Any, key: str) -> Iterator[tuple[str, Any]]:
+    """Every `target` value in a config tree (a resolved container at key `key`), with the dotted key of the node
+    that holds it."""
+    if isinstance(node, Mapping):
+        if "target" in node:
+            yield key, node["target"]
+        for name, child in node.items():
+            yield from iter_targets(child, f"{key}.{name}")
+    elif isinstance(node, (list, tuple)):
+        for i, child in enumerate(node):
+            yield from iter_targets(child, f"{key}[{i}]")
 
 
 # Parameter annotations checked against config values; others (tensors, callables, nested types) are not checked.

@@ -5,7 +5,7 @@ the token-file dtype, or KL posterior means ``[N, C, T', H', W']``, N clips) and
 metadata; its model paths are relative to the folder of the shards, its video source is the input's path relative
 to the data folder, or ``shard#key``). :class:`TokenShardDataset` serves them to a
 generative model's training loop, whole or as fixed windows of latent frames; :func:`read_token_sample` gives one
-sample as an :class:`~vidtok.tokens.EncodedVideo` for decoding.
+sample as an :class:`~vidtok.token_file.EncodedVideo` for decoding.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch.utils.data import IterableDataset
 
 from vidtok.data.shards import shard_urls
 from vidtok.errors import VidTokError
-from vidtok.tokens import EncodedVideo, check_tokens
+from vidtok.token_file import EncodedVideo, check_tokens
 
 TOKENS = "tokens.npy"
 META = "json"
@@ -103,7 +103,7 @@ class TokenShardDataset(IterableDataset):
 
 def read_token_sample(url: str, key: str) -> EncodedVideo:
     """The sample `key` of the shard `url` as an :class:`EncodedVideo`, checked like a token file
-    (:func:`vidtok.tokens.check_tokens`); its recorded checkpoint is looked for beside the shard.
+    (:func:`vidtok.token_file.check_tokens`); its recorded checkpoint is looked for beside the shard.
 
     Raises:
         VidTokError: no such shard or no such key in it (the message lists a few keys it has).
