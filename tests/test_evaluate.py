@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import vidtok.clips
+import vidtok.fvd
 import vidtok.metrics
 from scripts import inference_evaluate
 from tests.conftest import REPO
@@ -218,7 +219,7 @@ def test_missing_lpips_weights_fail_unless_lpips_is_left_out(tmp_path, fsq_model
 def test_fvd_needs_i3d_weights_and_uses_them_when_given(tmp_path, fsq_model, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv(vidtok.metrics.I3D_ENV, raising=False)
+    monkeypatch.delenv(vidtok.fvd.I3D_ENV, raising=False)
     for i in range(2):
         write_test_video(tmp_path / "data" / f"v{i}.mp4", num_frames=17, seed=i)
     args = [*model_args(fsq_model), *SIZE, "--data_dir", str(tmp_path / "data"), "--metrics", "psnr,fvd"]

@@ -11,24 +11,26 @@ import torch
 import torch.nn.functional as F
 
 from tests.video_helpers import psnr_reference, save_fake_i3d, ssim_reference
-from vidtok import metrics
+from vidtok import fvd, metrics
 from vidtok.errors import VidTokError
-from vidtok.metrics import (
+from vidtok.fvd import (
     FeatureStatistics,
     FVDAccumulator,
-    MetricAccumulator,
-    compute_psnr,
-    compute_ssim,
     find_i3d,
     frechet_distance,
     i3d_search_paths,
     load_i3d,
+    video_to_uint8,
+)
+from vidtok.metrics import (
+    MetricAccumulator,
+    compute_psnr,
+    compute_ssim,
     parse_metrics,
     psnr_per_frame,
     score_frame_groups,
     ssim_per_frame,
     ssim_pool_factor,
-    video_to_uint8,
 )
 from vidtok.training.lpips import LPIPS, VGG16_ENV, VGG16_FILENAME
 
@@ -248,13 +250,13 @@ def test_fvd_needs_two_clips(fake_i3d_path):
 
 
 def test_missing_i3d_names_the_file_and_where_to_put_it(tmp_path, monkeypatch):
-    monkeypatch.delenv(metrics.I3D_ENV, raising=False)
+    monkeypatch.delenv(fvd.I3D_ENV, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     with pytest.raises(FileNotFoundError) as info:
         find_i3d()
     message = str(info.value)
-    assert "i3d_torchscript.pt" in message and metrics.I3D_URL in message
+    assert "i3d_torchscript.pt" in message and fvd.I3D_URL in message
     assert str(tmp_path / "torch" / "hub" / "checkpoints" / "i3d_torchscript.pt") in message
     assert str(tmp_path / "home" / ".cache" / "vidtok" / "i3d_torchscript.pt") in message
     with pytest.raises(FileNotFoundError, match="elsewhere.pt"):
@@ -262,13 +264,13 @@ def test_missing_i3d_names_the_file_and_where_to_put_it(tmp_path, monkeypatch):
 
 
 def test_i3d_is_found_in_the_torch_hub_cache_and_by_env(tmp_path, monkeypatch, fake_i3d_path):
-    monkeypatch.delenv(metrics.I3D_ENV, raising=False)
+    monkeypatch.delenv(fvd.I3D_ENV, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cached = tmp_path / "torch" / "hub" / "checkpoints" / "i3d_torchscript.pt"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(fake_i3d_path.read_bytes())
     assert find_i3d() == cached
-    monkeypatch.setenv(metrics.I3D_ENV, str(fake_i3d_path))
+    monkeypatch.setenv(fvd.I3D_ENV, str(fake_i3d_path))
     assert i3d_search_paths()[0] == fake_i3d_path and find_i3d() == fake_i3d_path
 
 
@@ -279,7 +281,7 @@ def test_psnr_reference_agrees_with_ours_in_float64():
 
 
 def test_an_i3d_file_with_another_digest_is_refused_before_it_is_loaded(fake_i3d_path, monkeypatch):
-    monkeypatch.delenv(metrics.I3D_SHA256_ENV, raising=False)
+    monkeypatch.delenv(fvd.I3D_SHA256_ENV, raising=False)
     loads = []
     real_load = torch.jit.load
     monkeypatch.setattr(torch.jit, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
@@ -287,8 +289,8 @@ def test_an_i3d_file_with_another_digest_is_refused_before_it_is_loaded(fake_i3d
     wrong = "0" * 64
     for given in ({"sha256": wrong}, {}):
         if not given:
-            monkeypatch.setenv(metrics.I3D_SHA256_ENV, wrong.upper())  # the variable, in either case
-        with pytest.raises(metrics.I3DChecksumError) as info:
+            monkeypatch.setenv(fvd.I3D_SHA256_ENV, wrong.upper())  # the variable, in either case
+        with pytest.raises(fvd.I3DChecksumError) as info:
             load_i3d(fake_i3d_path, **given)
         message = str(info.value)
         assert str(fake_i3d_path) in message and actual in message and wrong in message
@@ -299,8 +301,8 @@ def test_an_i3d_file_with_another_digest_is_refused_before_it_is_loaded(fake_i3d
 
 
 def test_an_i3d_file_without_a_known_digest_loads_with_a_warning_giving_it(fake_i3d_path, monkeypatch, caplog):
-    monkeypatch.delenv(metrics.I3D_SHA256_ENV, raising=False)
-    assert metrics.I3D_SHA256 is None  # no published digest is known (see metrics.I3D_SHA256)
+    monkeypatch.delenv(fvd.I3D_SHA256_ENV, raising=False)
+    assert fvd.I3D_SHA256 is None  # no published digest is known (see fvd.I3D_SHA256)
     with caplog.at_level("WARNING", logger="vidtok.metrics"):
         load_i3d(fake_i3d_path)
     assert hashlib.sha256(fake_i3d_path.read_bytes()).hexdigest() in caplog.text and "not verified" in caplog.text

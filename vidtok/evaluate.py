@@ -45,16 +45,9 @@ from vidtok.cli import replace_atomically
 from vidtok.clips import check_frame_size, clip_length, iter_frame_chunks, resolve_chunk_size
 from vidtok.data.video_io import VideoReadError
 from vidtok.data.vidtok import VidTokValDataset
+from vidtok.fvd import FVD_NUM_FRAMES, FVDAccumulator
 from vidtok.memory import check_memory
-from vidtok.metrics import (
-    FRAME_GROUP_SIZE,
-    FRAME_METRICS,
-    FVD_NUM_FRAMES,
-    FrameDistance,
-    FVDAccumulator,
-    MetricAccumulator,
-    score_frame_groups,
-)
+from vidtok.metrics import FRAME_GROUP_SIZE, FRAME_METRICS, FrameDistance, MetricAccumulator, score_frame_groups
 from vidtok.precision import Precision
 from vidtok.reconstruct import reconstruct_clip, stream_reconstruct
 from vidtok.tiling import resolve_tiles
@@ -230,7 +223,7 @@ def evaluate(
     """Evaluate `model` (on `device`, eval mode) on the videos of `data_dir`; see the module docstring.
 
     `lpips_model` is needed for `lpips` (:func:`vidtok.metrics.load_lpips`), `i3d` for `fvd`
-    (:func:`vidtok.metrics.load_i3d`).
+    (:func:`vidtok.fvd.load_i3d`).
 
     Raises:
         ValueError: a frame size or clip length the model cannot take, or no usable clip at all (the message
@@ -243,7 +236,7 @@ def evaluate(
     if "lpips" in metrics and lpips_model is None:
         raise ValueError("the lpips metric needs lpips_model (vidtok.metrics.load_lpips)")
     if "fvd" in metrics and i3d is None:
-        raise ValueError("the fvd metric needs the I3D detector (vidtok.metrics.load_i3d)")
+        raise ValueError("the fvd metric needs the I3D detector (vidtok.fvd.load_i3d)")
     chunk = resolve_chunk_size(model, chunk_size, num_frames_per_batch)
     check_frame_size(model, input_height, input_width)
     tiles = resolve_tiles(model, tile_size, tile_overlap)
@@ -387,8 +380,9 @@ def load_metric_networks(
 ) -> tuple[torch.nn.Module | None, torch.nn.Module | None]:
     """`(lpips_model, i3d)` for the chosen metrics (None for those not chosen), loaded before any video is read
     so that missing weights fail at once, with a FileNotFoundError naming the file; the I3D file is checked
-    against `i3d_sha256` (or `$VIDTOK_I3D_SHA256`) first, see :func:`vidtok.metrics.verify_i3d`."""
-    from vidtok.metrics import load_i3d, load_lpips
+    against `i3d_sha256` (or `$VIDTOK_I3D_SHA256`) first, see :func:`vidtok.fvd.verify_i3d`."""
+    from vidtok.fvd import load_i3d
+    from vidtok.metrics import load_lpips
 
     lpips_model = load_lpips(device) if "lpips" in metrics else None
     i3d = load_i3d(i3d_path, device, sha256=i3d_sha256) if "fvd" in metrics else None
