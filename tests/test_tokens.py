@@ -147,7 +147,7 @@ def test_a_25_fps_video_sampled_at_30_decodes_at_25(models, tmp_path, capsys):
     tokens = tmp_path / "pal.npz"
     code = cli(["encode", str(video), "-c", str(config), "--ckpt", str(ckpt), "-o", str(tokens), "--input_height",
                 "32", "--input_width", "32", "--sample_fps", "30", "--num_frames_per_batch", "9"])
-    assert code == 0 and "fsq tokens (1, 3, 8, 8) uint16 for 9 frames" in capsys.readouterr().out
+    assert code == 0 and "uint16 for 9 frames" in capsys.readouterr().out
     assert cli(["decode", str(tokens), "-o", str(tmp_path / "pal_out.mp4"), "--ckpt", str(ckpt)]) == 0
     assert "9 frames at 25 fps" in capsys.readouterr().out
     reader = decord.VideoReader(str(tmp_path / "pal_out.mp4"))

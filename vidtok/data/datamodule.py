@@ -122,7 +122,7 @@ class DataModuleFromConfig(pl.LightningDataModule):
         travel back; this then shows only what the main process saw (construction-time skips of
         ``VidTokValDataset``, or everything when ``num_workers == 0``). Every skip is also logged as a WARNING
         with its path, from whichever process hit it, and counted with the batch that met it (the
-        ``data/skipped_videos`` metric of :class:`vidtok.train.SkippedVideosMonitor` covers every process).
+        ``data/skipped_videos`` metric of :class:`vidtok.training.callbacks.SkippedVideosMonitor` covers every process).
         """
         return {split: dict(getattr(ds, "skipped", {})) for split, ds in self.datasets.items()}
 

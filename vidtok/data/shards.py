@@ -112,7 +112,7 @@ class VidTokShardDataset(IterableDataset):
     Items are ``{"jpg": float [C, sample_num_frames, H, W] in [-1, 1], "path": "url#key", "__key__", "__url__",
     "finished_shards": URLs joined by newlines, "num_skipped": bad samples passed over before this one}``. Skipped
     samples are recorded in ``skipped`` (``url#key`` -> reason) and logged, per process, as in ``VidTokDataset``,
-    whose ``num_skipped`` item field :class:`vidtok.train.SkippedVideosMonitor` sums the same way.
+    whose ``num_skipped`` item field :class:`vidtok.training.callbacks.SkippedVideosMonitor` sums the same way.
     """
 
     def __init__(

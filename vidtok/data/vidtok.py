@@ -172,7 +172,7 @@ class VidTokDataset(Dataset):
     ``skipped`` and never decoded again by this process. With DataLoader workers each worker process holds its own
     ``skipped`` (the main process copy stays empty), so each item carries ``num_skipped``, the bad files this
     process met while serving it: summed over batches (and ranks) it counts every bad sample met, whichever worker
-    met it (:class:`vidtok.train.SkippedVideosMonitor` logs that sum).
+    met it (:class:`vidtok.training.callbacks.SkippedVideosMonitor` logs that sum).
 
     Raises:
         NoUsableVideosError: at construction, when not one listed video can be read (checked by reading videos in
