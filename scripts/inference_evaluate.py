@@ -23,6 +23,7 @@ from vidtok.cli import (
     entry_point,
     precision_from_args,
     str2bool,
+    video_options,
 )
 from vidtok.evaluate import evaluate, format_metrics, load_metric_networks
 from vidtok.metrics import METRIC_NAMES, parse_metrics
@@ -80,19 +81,12 @@ def main(argv: list[str]) -> int:
         model,
         args.data_dir,
         meta_path=args.meta_path,
-        input_height=args.input_height,
-        input_width=args.input_width,
-        sample_fps=args.sample_fps,
-        chunk_size=args.chunk_size,
-        num_frames_per_batch=args.num_frames_per_batch,
-        read_long_video=args.read_long_video,
+        **video_options(args),
         metrics=metrics,
         lpips_model=lpips_model,
         i3d=i3d,
         count_padded_frames=args.count_padded_frames,
         sample_posterior=args.sample_posterior,
-        tile_size=args.tile_size,
-        tile_overlap=args.tile_overlap,
         precision=precision_from_args(args),
         seed=args.seed,
         device=device,

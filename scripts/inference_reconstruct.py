@@ -24,6 +24,7 @@ from vidtok.cli import (
     entry_point,
     precision_from_args,
     str2bool,
+    video_options,
 )
 from vidtok.reconstruct import output_path_for, reconstruct_to_file
 
@@ -68,16 +69,9 @@ def main(argv: list[str]) -> int:
         args.input_video_path,
         args.output_video_dir,
         concat_input=args.concate_input,
-        input_height=args.input_height,
-        input_width=args.input_width,
-        sample_fps=args.sample_fps,
-        chunk_size=args.chunk_size,
-        num_frames_per_batch=args.num_frames_per_batch,
-        read_long_video=args.read_long_video,
+        **video_options(args),
         pad_gen_frames=args.pad_gen_frames,
         sample_posterior=args.sample_posterior,
-        tile_size=args.tile_size,
-        tile_overlap=args.tile_overlap,
         precision=precision_from_args(args),
         device=device,
         progress=not args.no_progress,

@@ -27,6 +27,7 @@ from vidtok.cli import (
     check_output_file,
     device_from_args,
     entry_point,
+    video_options,
 )
 from vidtok.data.token_shards import read_token_sample
 from vidtok.data.video_io import VideoWriter, to_uint8
@@ -98,10 +99,7 @@ def main(argv: list[str]) -> int:
 
         model = load_model_from_config(args.config, args.ckpt).to(device).eval()
         encoded = encode_video(
-            model, args.video, input_height=args.input_height, input_width=args.input_width,
-            sample_fps=args.sample_fps, chunk_size=args.chunk_size, num_frames_per_batch=args.num_frames_per_batch,
-            read_long_video=args.read_long_video, tile_size=args.tile_size,
-            tile_overlap=args.tile_overlap, latent_dtype=args.latent_dtype, precision=args.precision,
+            model, args.video, **video_options(args), latent_dtype=args.latent_dtype, precision=args.precision,
             device=device, config=args.config, ckpt=args.ckpt, progress=True,
         )
         path = save_tokens(encoded, args.output)

@@ -208,6 +208,14 @@ def device_from_args(args: argparse.Namespace) -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def video_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The reading, clip and tile flags (:func:`add_frame_arguments`, `--read_long_video`, :func:`add_tile_arguments`)
+    as the keyword arguments the drivers take (`reconstruct_video`, `evaluate`, `encode_video`)."""
+    names = ("input_height", "input_width", "sample_fps", "chunk_size", "num_frames_per_batch", "read_long_video",
+             "tile_size", "tile_overlap")
+    return {name: getattr(args, name) for name in names}
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, *, long_video_help: str, sample_fps_help: str) -> None:
     """The flags both inference scripts share (model, frame sampling, clip layout, tiling, device), with the
     original's names and defaults."""
