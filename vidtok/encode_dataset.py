@@ -1,7 +1,7 @@
 """`python -m vidtok encode-dataset`: tokenize a whole dataset on many processes, into WebDataset shards.
 
     python -m vidtok encode-dataset -c CONFIG --ckpt CKPT -o OUT (--meta_path CSV --data_dir DIR | --shards PATTERN)
-        [--input_height 256 --input_width 256 --sample_fps N --num_frames_per_batch 17 --read_long_video
+        [--input_height 256 --input_width 256 --sample_fps 30 --num_frames_per_batch 17 --read_long_video
          --tile_size PX --precision P] [--devices N --accelerator cpu|gpu --num_nodes M]
 
 The inputs run through Lightning's predict loop (DDP with several devices or nodes, so ``torchrun`` and SLURM
@@ -39,7 +39,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
-from vidtok.cli import add_precision_arguments
+from vidtok.cli import add_frame_arguments, add_precision_arguments, add_tile_arguments, video_options
 from vidtok.clips import resolve_chunk_size
 from vidtok.data.shards import shard_urls, with_video_file
 from vidtok.data.token_shards import META, TOKENS, iter_token_samples
@@ -64,14 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--meta_path", default=None, help="CSV with a `videos` column (with --data_dir)")
     parser.add_argument("--data_dir", default=None, help="folder the CSV's paths are relative to")
     parser.add_argument("--shards", default=None, help="input WebDataset shards, e.g. /data/{00000..00127}.tar")
-    parser.add_argument("--input_height", type=int, default=256, help="frame height (shorter side is resized to it)")
-    parser.add_argument("--input_width", type=int, default=256, help="frame width (centre crop)")
-    parser.add_argument("--sample_fps", type=float, default=None, help="frames per second to keep (default: all)")
-    parser.add_argument("--num_frames_per_batch", type=int, default=None, help="frames per clip (17 causal, 16 not)")
-    parser.add_argument("--chunk_size", type=int, default=None, help="clip = chunk+1 (causal) or chunk frames; 16")
+    add_frame_arguments(parser, "frames per second to sample (every round(fps / sample_fps)-th frame is kept)")
     parser.add_argument("--read_long_video", action="store_true", help="stream each video as one clip (causal)")
-    parser.add_argument("--tile_size", type=int, default=None, help="encode in overlapping spatial tiles (pixels)")
-    parser.add_argument("--tile_overlap", type=int, default=None, help="tile overlap in pixels (default: 1/4 tile)")
+    add_tile_arguments(parser)
     parser.add_argument("--latent_dtype", choices=LATENT_DTYPES, default="float32", help="KL latents' storage type")
     add_precision_arguments(parser, stages=False)
     parser.add_argument("--devices", type=int, default=1, help="processes (devices) per node")
@@ -170,7 +165,7 @@ class DatasetEncoder(pl.LightningModule):
         self.args = args
         self.out = Path(args.output)
         self.existing = existing
-        self.chunk = resolve_chunk_size(model, args.chunk_size, args.num_frames_per_batch)
+        resolve_chunk_size(model, args.chunk_size, args.num_frames_per_batch)  # a bad clip length stops it here
         self.stats = stats_for(model_description(model))
         self.failed: list[list[str]] = []
         self.written = 0
@@ -196,9 +191,7 @@ class DatasetEncoder(pl.LightningModule):
 
         def encode(path: str):
             return encode_video(
-                self.model, path, input_height=args.input_height, input_width=args.input_width,
-                sample_fps=args.sample_fps, chunk_size=self.chunk, read_long_video=args.read_long_video,
-                tile_size=args.tile_size, tile_overlap=args.tile_overlap, latent_dtype=args.latent_dtype,
+                self.model, path, **video_options(args), latent_dtype=args.latent_dtype,
                 precision=args.precision, device=self.device, config=args.config, ckpt=args.ckpt,
             )
 
