@@ -276,7 +276,7 @@ def test_the_script_runs_as_a_program(tmp_path, fsq_model):
     assert "PSNR: " in done.stdout and "Time taken: " in done.stdout
 
 
-def test_autocast_runs_the_model_in_reduced_precision_and_the_metrics_in_float32(tmp_path, fsq_model, monkeypatch):
+def test_bf16_runs_the_model_in_reduced_precision_and_the_metrics_in_float32(tmp_path, fsq_model, monkeypatch):
     write_test_video(tmp_path / "v.mp4", num_frames=5)
     model = load_model_from_config(*fsq_model).eval()
     seen = []
@@ -286,7 +286,7 @@ def test_autocast_runs_the_model_in_reduced_precision_and_the_metrics_in_float32
         return ((a - b) ** 2).mean(dim=(1, 2, 3), keepdim=True)
 
     result = evaluate(model, tmp_path, input_height=32, input_width=32, metrics=("psnr", "lpips"), lpips_model=spy,
-                      precision="autocast", progress=False)
+                      precision="bf16", progress=False)
     assert np.isfinite(result.metrics["psnr"]) and set(seen) == {(torch.float32, False)}
     full = evaluate(model, tmp_path, input_height=32, input_width=32, metrics=("psnr",), progress=False)
     assert full.metrics["psnr"] != result.metrics["psnr"]  # bfloat16 on CPU changes the reconstruction
