@@ -1,5 +1,5 @@
-"""Shared fixtures: where the conformance vectors and sample video live (both ship with the repository), and tiny
-models for fast tests."""
+"""What the tests share: where the conformance vectors and the sample video are (both ship with the repository),
+and tiny model configs for fast tests."""
 
 from __future__ import annotations
 
