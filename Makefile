@@ -1,8 +1,9 @@
 # Developer entry points. CI runs `make test` through .ci/run.
 #
-# The virtualenv is created on first use; the editable install is redone only when pyproject.toml is
-# newer than the stamp file. torch and torchvision resolve from the wheels on local disk through pip's
-# own configuration (find-links and constraints), so nothing here names an index.
+# The virtualenv is created on first use; the editable install is redone only when pyproject.toml or
+# constraints.txt is newer than the stamp file. pyproject.toml declares version ranges; constraints.txt
+# fixes the releases installed here (torch 2.14.1, torchvision 0.29.1, ...). The torch and torchvision
+# wheels resolve from local disk through pip's own configuration, so nothing here names an index.
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -27,8 +28,8 @@ install: $(STAMP)
 $(PY):
 	python3 -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PIP) install --disable-pip-version-check -e '.[dev]'
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PIP) install --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $@
 
 # Build and cache droppings; keeps the virtualenv (see distclean).

@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cap_gib", type=float, default=24.0, help="(b) memory cap of the untiled run (GiB)")
     parser.add_argument("--config", default=str(FULL_CONFIG), help="model config (default: full-size 488 KL)")
     parser.add_argument("--ckpt", default=None, help="(c) trained weights for --config (default: random weights)")
-    parser.add_argument("--video", default=None, help="(c) real video (default: the shared example clip)")
+    parser.add_argument("--video", default=str(REPO / "assets" / "example.mp4"), help="(c) real video")
     parser.add_argument("--quality_size", type=int, default=None, help="(c) frame size (default 256; quick 64)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--timeout", type=float, default=None, help="seconds before a measurement is abandoned")
@@ -357,9 +357,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if "c" in parts:
         video = args.video
-        if video is None:
-            shared = Path(os.environ.get("VIDTOK_SHARED", REPO.parent / "shared")) / "data" / "vidtok_example.mp4"
-            video = str(shared if shared.is_file() else REPO / "assets" / "example.mp4")
         header(f"(c) tiled vs untiled decode of the same latents: {video}, 17 frames at {quality_size}², "
                f"tiles {tile} px / {tile // f} latents")
         if args.ckpt is None:

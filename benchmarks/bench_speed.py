@@ -9,7 +9,7 @@ Implementations, timed alternately within one run so that load on a shared machi
 - `ours-v1.1`: for a v1.0 causal config, the same weights run with v1.1 semantics (what diffusers computes);
 - `diffusers`: `AutoencoderVidTok` with the same weights (skipped, with a note, when diffusers is not installed).
 
-Weights are the conformance recipe's (`$VIDTOK_SHARED/conformance/recipe.py`, else seeded random), the input its
+Weights are the conformance recipe's (`tests/data/conformance/recipe.py`), the input its
 `make_input`. KL latents are posterior means. Encode is `[B, 3, T, H, W]` -> latent (regularizer included; diffusers
 through `forward(encoder_mode=True)`, i.e. with its padding), decode is latent -> T frames. Reported per
 implementation: median encode and decode time over `--repeats`, frames/s (T over encode+decode), peak memory of
@@ -34,7 +34,6 @@ import ctypes
 import importlib.util
 import json
 import math
-import os
 import re
 import statistics
 import subprocess
@@ -53,6 +52,7 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.data.conformance import recipe  # noqa: E402
 from vidtok.api import load_model_from_config  # noqa: E402
 from vidtok.interop.diffusers import (  # noqa: E402
     DiffusersSemanticsWarning,
@@ -66,24 +66,6 @@ HAVE_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 
 
 # --- weights and input ------------------------------------------------------------------------------------------
-
-
-def load_recipe() -> Any | None:
-    """The conformance recipe module, if shared/ is beside the repository (or at $VIDTOK_SHARED)."""
-    path = Path(os.environ.get("VIDTOK_SHARED", REPO.parent / "shared")) / "conformance" / "recipe.py"
-    if not path.is_file():
-        return None
-    spec = importlib.util.spec_from_file_location("recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def make_input(recipe: Any | None, t: int, size: int) -> torch.Tensor:
-    if recipe is not None:
-        return recipe.make_input(t, size, size)
-    g = torch.Generator().manual_seed(0)
-    return torch.rand((1, 3, t, size, size), generator=g) * 2 - 1
 
 
 # --- memory -----------------------------------------------------------------------------------------------------
@@ -197,10 +179,8 @@ def to_channels_last(module: torch.nn.Module) -> None:
             p.data = p.data.contiguous(memory_format=torch.channels_last)
 
 
-def build_impls(args: argparse.Namespace, recipe: Any | None) -> list[Impl]:
-    model = load_model_from_config(args.config).eval()
-    if recipe is not None:
-        recipe.fill_parameters_(model)
+def build_impls(args: argparse.Namespace) -> list[Impl]:
+    model = recipe.fill_parameters_(load_model_from_config(args.config).eval())
     impls = [ours_impl("ours", model, args.frames)]
     layout = model.encoder.layout
     if layout.causal and layout.crop_output:  # v1.0 causal
@@ -292,9 +272,8 @@ def measure_memory_in_child(args: argparse.Namespace, name: str) -> tuple[list[f
 def memory_child(args: argparse.Namespace) -> None:
     """The `--memory_child` process: one encode and one decode of one implementation, each under `PeakMemory`."""
     return_freed_memory()
-    recipe = load_recipe()
-    x = make_input(recipe, args.frames, args.size)
-    impl = next(i for i in build_impls(args, recipe) if i.name == args.memory_child)
+    x = recipe.make_input(args.frames, args.size, args.size)
+    impl = next(i for i in build_impls(args) if i.name == args.memory_child)
     with torch.no_grad():
         with PeakMemory() as encode_mem:
             z = impl.encode(x)
@@ -307,9 +286,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = load_recipe()
-    x = make_input(recipe, args.frames, args.size)
-    impls = build_impls(args, recipe)
+    x = recipe.make_input(args.frames, args.size, args.size)
+    impls = build_impls(args)
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
         for impl in impls:

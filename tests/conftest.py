@@ -1,39 +1,16 @@
-"""Shared fixtures: where the conformance vectors and sample videos live, and tiny models for fast tests."""
+"""What the tests share: where the conformance vectors and the sample video are (both ship with the repository),
+and tiny model configs for fast tests."""
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-
-
-def shared_dir() -> Path:
-    """`../shared` beside the repository (CI lays it there), or `$VIDTOK_SHARED`."""
-    return Path(os.environ.get("VIDTOK_SHARED", REPO.parent / "shared"))
-
-
-def require_shared(*parts: str) -> Path:
-    """A path under shared/; skipped when absent on a developer machine, a failure under CI."""
-    path = shared_dir().joinpath(*parts)
-    if not path.exists():
-        message = f"{path} is missing (set VIDTOK_SHARED to the folder holding conformance/ and data/)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-@pytest.fixture(scope="session")
-def conformance_dir() -> Path:
-    path = require_shared("conformance")
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))  # for `import recipe`
-    return path
+# the original VidTok's outputs for every official config, reduced (see its README.md)
+CONFORMANCE = REPO / "tests" / "data" / "conformance"
+# 75 frames of 256x256 at 25 fps (see assets/README.md)
+EXAMPLE_VIDEO = REPO / "assets" / "example.mp4"
 
 
 def tiny_model_config(causal: bool = True, regularizer: str = "kl", variant: str = "v1.0") -> dict:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
+from tests.conftest import CONFORMANCE
 from vidtok.util import get_obj_from_str, iter_targets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -376,10 +377,10 @@ def levels_with(shapes: dict[str, tuple[int, ...]], pattern: str) -> set[int]:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_config_matches_original_state_dict_layout(name: str, conformance_dir: Path):
+def test_config_matches_original_state_dict_layout(name: str):
     exp = EXPECTED[name]
     sub = "v1_1/" if exp.version == "v1.1" else ""
-    shapes = read_key_shapes(conformance_dir / "keys" / f"{sub}{name}.tsv")
+    shapes = read_key_shapes(CONFORMANCE / "keys" / f"{sub}{name}.tsv")
     p = encoder_params(name)
     wrap = ".conv" if exp.causal else ""  # causal 3D convs wrap an inner `conv`
     out_ch = p["z_channels"] * (2 if p["double_z"] else 1)

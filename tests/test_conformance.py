@@ -1,4 +1,4 @@
-"""Our models against the original VidTok's own outputs (`../shared/conformance`, see its README).
+"""Our models against the original VidTok's own outputs (`tests/data/conformance`, see its README).
 
 For every official config: the state dict has the original's keys, shapes and dtypes in the same order (loss
 included), and with the recipe's deterministic weights our encoder output, latent, reconstruction and FSQ
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, CONFORMANCE
+from tests.data.conformance import recipe
 from vidtok import load_model_from_config
 from vidtok.kernels import fast_conv
 
@@ -20,10 +21,17 @@ V1_0 = sorted(p.stem for p in CONFIGS.glob("vidtok_*.yaml"))
 V1_1 = sorted(p.stem for p in (CONFIGS / "vidtok_v1_1").glob("vidtok_*.yaml"))
 
 
-def assert_matches(ours: torch.Tensor, theirs: torch.Tensor, what: str) -> None:
-    assert ours.shape == theirs.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(theirs.shape)}"
-    tol = 1e-4 * max(1.0, theirs.abs().max().item())
-    diff = (ours.float() - theirs.float()).abs().max().item()
+def assert_matches(ours: torch.Tensor, theirs: torch.Tensor | dict, what: str) -> None:
+    """`theirs` is a whole tensor, or a reconstruction's sample: its `shape`, its `values` at `positions` of the
+    flattened tensor and the whole tensor's `absmax`, which sets the tolerance as the whole tensor would."""
+    if isinstance(theirs, torch.Tensor):
+        theirs = {"shape": list(theirs.shape), "positions": None, "values": theirs, "absmax": theirs.abs().max().item()}
+    shape = tuple(theirs["shape"])
+    assert ours.shape == shape, f"{what}: shape {tuple(ours.shape)} != {shape}"
+    if theirs["positions"] is not None:
+        ours = ours.flatten()[theirs["positions"].long()]
+    tol = 1e-4 * max(1.0, theirs["absmax"])
+    diff = (ours.float() - theirs["values"].float()).abs().max().item()
     assert diff <= tol, f"{what}: max |ours - original| = {diff:.3g} > {tol:.3g}"
 
 
@@ -38,20 +46,13 @@ def state_dict_listing(model: torch.nn.Module) -> list[tuple[str, str, str]]:
     ]
 
 
-def test_every_official_config_has_vectors(conformance_dir):
+def test_every_official_config_has_vectors():
     assert len(V1_0) == 16 and len(V1_1) == 7
     assert DIRECT_KERNEL_CONFIGS <= set(V1_0) | set(V1_1)
-    assert {p.stem for p in (conformance_dir / "keys").glob("*.tsv")} == set(V1_0)
-    assert {p.stem for p in (conformance_dir / "vectors").glob("*.pt")} == set(V1_0)
-    assert {p.stem for p in (conformance_dir / "keys" / "v1_1").glob("*.tsv")} == set(V1_1)
-    assert {p.stem for p in (conformance_dir / "vectors" / "v1_1").glob("*.pt")} == set(V1_1)
-
-
-@pytest.fixture(scope="module")
-def recipe(conformance_dir):
-    import recipe as module
-
-    return module
+    assert {p.stem for p in (CONFORMANCE / "keys").glob("*.tsv")} == set(V1_0)
+    assert {p.stem for p in (CONFORMANCE / "vectors").glob("*.pt")} == set(V1_0)
+    assert {p.stem for p in (CONFORMANCE / "keys" / "v1_1").glob("*.tsv")} == set(V1_1)
+    assert {p.stem for p in (CONFORMANCE / "vectors" / "v1_1").glob("*.pt")} == set(V1_1)
 
 
 @pytest.fixture
@@ -94,9 +95,9 @@ def kernel(request, monkeypatch):
 
 
 @pytest.mark.parametrize(("name", "kernel"), with_kernels(V1_0), indirect=["kernel"])
-def test_v1_0_config_matches_original(name, conformance_dir, recipe, offline, kernel):
-    keys = read_keys(conformance_dir / "keys" / f"{name}.tsv")
-    vectors = torch.load(conformance_dir / "vectors" / f"{name}.pt", weights_only=True)
+def test_v1_0_config_matches_original(name, offline, kernel):
+    keys = read_keys(CONFORMANCE / "keys" / f"{name}.tsv")
+    vectors = torch.load(CONFORMANCE / "vectors" / f"{name}.pt", weights_only=True)
 
     model = load_model_from_config(CONFIGS / f"{name}.yaml")
     assert model.loss is None
@@ -109,7 +110,7 @@ def test_v1_0_config_matches_original(name, conformance_dir, recipe, offline, ke
 
     recipe.fill_parameters_(model)
     model.eval()
-    x = vectors["x"]
+    x = recipe.make_input(*vectors["x_shape"][2:])
     with torch.no_grad():
         h = model.encoder(x)
         assert_matches(h, vectors["h"], "encoder output h")
@@ -134,9 +135,9 @@ def test_v1_0_config_matches_original(name, conformance_dir, recipe, offline, ke
 
 
 @pytest.mark.parametrize(("name", "kernel"), with_kernels(V1_1), indirect=["kernel"])
-def test_v1_1_config_matches_original_full_pass(name, conformance_dir, recipe, offline, kernel):
-    keys = read_keys(conformance_dir / "keys" / "v1_1" / f"{name}.tsv")
-    vectors = torch.load(conformance_dir / "vectors" / "v1_1" / f"{name}.pt", weights_only=True)
+def test_v1_1_config_matches_original_full_pass(name, offline, kernel):
+    keys = read_keys(CONFORMANCE / "keys" / "v1_1" / f"{name}.tsv")
+    vectors = torch.load(CONFORMANCE / "vectors" / "v1_1" / f"{name}.pt", weights_only=True)
 
     model = load_model_from_config(CONFIGS / "vidtok_v1_1" / f"{name}.yaml")
     model.build_loss(lpips_pretrained=False)
@@ -144,7 +145,7 @@ def test_v1_1_config_matches_original_full_pass(name, conformance_dir, recipe, o
 
     recipe.fill_parameters_(model)
     model.eval()
-    x = vectors["x"]
+    x = recipe.make_input(*vectors["x_shape"][2:])
     T = x.shape[2]
     with torch.no_grad():
         h = model.encoder(x)
@@ -158,7 +159,7 @@ def test_v1_1_config_matches_original_full_pass(name, conformance_dir, recipe, o
             assert torch.equal(from_indices, recon)
             z_fwd, recon_forward, log_fwd = model(x)
             assert torch.equal(log_fwd["indices"], vectors["indices"])
-            assert_matches(recon_forward, vectors["recon_forward"], "forward reconstruction")
+            assert_matches(recon_forward, vectors["recon"], "forward reconstruction")  # the same bits in theirs
         else:
             z, _ = model.encode(x, sample=False)
             assert_matches(z, vectors["z"], "posterior mean z")
@@ -178,3 +179,56 @@ def test_v1_1_config_matches_original_full_pass(name, conformance_dir, recipe, o
         # the original's chunked decode is not its whole-clip decode; ours reproduces that difference
         gap = (recon_tiled - recon[:, :, -T:]).abs().max().item()
         assert gap == pytest.approx(vectors["max_abs_diff_tiled_vs_full"].item(), rel=0.05)
+
+
+def test_every_sample_meets_each_row_and_column_of_each_channel_and_frame():
+    """A reconstruction error confined to one row or one column of one frame (an edge's padding, one frame's
+    cache) still meets a stored position."""
+    samples = 0
+    for path in sorted(CONFORMANCE.glob("vectors/**/*.pt")):
+        for name, ref in torch.load(path, weights_only=True).items():
+            if not isinstance(ref, dict):
+                continue
+            _, c, t, h, w = ref["shape"]
+            pos = ref["positions"].long()
+            plane, y, x = pos // (h * w), pos // w % h, pos % w
+            assert ref["values"].shape == pos.shape and ref["values"].abs().max() <= ref["absmax"], (path, name)
+            assert (plane * h + y).unique().numel() == c * t * h, f"{path.name} {name}: a row has no sample"
+            assert (plane * w + x).unique().numel() == c * t * w, f"{path.name} {name}: a column has no sample"
+            samples += 1
+    assert samples >= 23  # every config has at least its reconstruction sampled
+
+
+@pytest.fixture(scope="module")
+def kl_causal_case():
+    """vidtok_kl_causal_488_4chn with the recipe's weights, its vectors, and its reconstruction from their z."""
+    vectors = torch.load(CONFORMANCE / "vectors" / "vidtok_kl_causal_488_4chn.pt", weights_only=True)
+    model = recipe.fill_parameters_(load_model_from_config(CONFIGS / "vidtok_kl_causal_488_4chn.yaml")).eval()
+    with torch.no_grad():
+        recon = model.decode(vectors["z"])
+    assert_matches(recon, vectors["recon"], "reconstruction")
+    return model, vectors, recon
+
+
+def test_sampled_reconstruction_catches_an_error_in_one_row_of_any_frame(kl_causal_case):
+    _, vectors, recon = kl_causal_case
+    frames, height = recon.shape[2], recon.shape[3]
+    for t in range(frames):
+        wrong = recon.clone()
+        wrong[0, t % 3, t, (5 * t) % height, :] += 1e-3  # over four times the tolerance, in one row of one frame
+        with pytest.raises(AssertionError, match="reconstruction"):
+            assert_matches(wrong, vectors["recon"], "reconstruction")
+
+
+def test_sampled_reconstruction_catches_a_perturbed_decoder_weight(kl_causal_case):
+    model, vectors, _ = kl_causal_case
+    weight = model.decoder.mid.block_1.conv1.conv.weight
+    kept = weight.detach().clone()
+    with torch.no_grad():
+        weight[0, 0, 1, 1, 1] += 1e-2  # one of 7 million weights, by about their spread (0.0085)
+        try:
+            recon = model.decode(vectors["z"])
+        finally:
+            weight.copy_(kept)
+    with pytest.raises(AssertionError, match="reconstruction"):
+        assert_matches(recon, vectors["recon"], "reconstruction")

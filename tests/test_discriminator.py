@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import require_shared
+from tests.conftest import CONFORMANCE
 from vidtok.training.discriminator import NLayerDiscriminator, NLayerDiscriminator3D, weights_init
 
 PREFIX = "loss.discriminator."
@@ -19,7 +19,7 @@ def listing(module: nn.Module) -> list[tuple[str, str, str]]:
 
 
 def test_2d_state_dict_matches_the_original_layout():
-    lines = require_shared("conformance", "keys", "vidtok_kl_causal_488_4chn.tsv").read_text().splitlines()
+    lines = (CONFORMANCE / "keys" / "vidtok_kl_causal_488_4chn.tsv").read_text().splitlines()
     expected = [
         (k.removeprefix(PREFIX), s, d) for k, s, d in (line.split("\t") for line in lines) if k.startswith(PREFIX)
     ]

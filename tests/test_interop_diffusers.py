@@ -20,7 +20,8 @@ pytest.importorskip("diffusers")
 from diffusers import AutoencoderVidTok  # noqa: E402
 
 from scripts import convert_diffusers  # noqa: E402
-from tests.conftest import CONFIGS, tiny_model_config  # noqa: E402
+from tests.conftest import CONFIGS, CONFORMANCE, tiny_model_config  # noqa: E402
+from tests.data.conformance import recipe  # noqa: E402
 from vidtok.api import load_model_from_config  # noqa: E402
 from vidtok.checkpoint import read_state_dict  # noqa: E402
 from vidtok.interop import diffusers as interop  # noqa: E402
@@ -46,9 +47,9 @@ def is_v1_0_causal(path: Path) -> bool:
     return "noncausal" not in path.name and "v1_1" not in path.name
 
 
-def keys_tsv(conformance_dir: Path, path: Path) -> Path:
+def keys_tsv(path: Path) -> Path:
     sub = "v1_1" if path.stem.endswith("_v1_1") else ""
-    return conformance_dir / "keys" / sub / f"{path.stem}.tsv"
+    return CONFORMANCE / "keys" / sub / f"{path.stem}.tsv"
 
 
 def kwargs_quietly(config) -> dict:
@@ -117,16 +118,14 @@ class Case:
 
 
 @pytest.fixture(scope="module", params=list(PARITY_CASES))
-def case(request, conformance_dir) -> Case:
-    import recipe
-
+def case(request) -> Case:
     name, shape = PARITY_CASES[request.param]
     return Case(CONFIGS / name, shape, recipe)
 
 
 @pytest.mark.slow
-def test_state_dict_is_the_original_minus_loss(case: Case, conformance_dir: Path) -> None:
-    official = [line.split("\t")[0] for line in keys_tsv(conformance_dir, case.config).read_text().splitlines()]
+def test_state_dict_is_the_original_minus_loss(case: Case) -> None:
+    official = [line.split("\t")[0] for line in keys_tsv(case.config).read_text().splitlines()]
     expected = [k for k in official if not k.startswith("loss.")]
     theirs = case.dmodel.state_dict()
     assert list(theirs) == expected  # names and order
@@ -201,7 +200,7 @@ def test_config_mapping_round_trips(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: p.stem)
-def test_every_config_builds_in_diffusers_with_the_original_keys(path: Path, conformance_dir: Path) -> None:
+def test_every_config_builds_in_diffusers_with_the_original_keys(path: Path) -> None:
     kwargs = kwargs_quietly(path)
     if kwargs["regularizer"] == "fsq":
         # FSQ's constructor needs real tensors; its state dict is the KL one with z (not 2z) output channels
@@ -209,7 +208,7 @@ def test_every_config_builds_in_diffusers_with_the_original_keys(path: Path, con
     with torch.device("meta"):
         dmodel = AutoencoderVidTok(**kwargs)
     expected = []
-    for line in keys_tsv(conformance_dir, path).read_text().splitlines():
+    for line in keys_tsv(path).read_text().splitlines():
         key, shape, dtype = line.split("\t")
         if not key.startswith("loss."):
             expected.append((key, tuple(int(s) for s in shape.split(",") if s), dtype))
@@ -293,18 +292,14 @@ def test_diffusers_metadata_keys_are_skipped() -> None:
 
 
 def _tiny_model(variant: str, regularizer: str = "kl"):
-    import recipe
-
     model = load_model_from_config(full_config(tiny_model_config(True, regularizer, variant)))
     return recipe.fill_parameters_(model.eval())
 
 
 @pytest.mark.parametrize("regularizer", ["kl", "fsq"])
-def test_v1_1_forward_matches_for_1_plus_k_tcr_frames_only(conformance_dir: Path, regularizer: str) -> None:
+def test_v1_1_forward_matches_for_1_plus_k_tcr_frames_only(regularizer: str) -> None:
     """diffusers' causal forward equals ours for T = 1 + k·tcr; for other T it pads the end and its latent is longer,
     as the module docstring says (tiny model: tcr 2)."""
-    import recipe
-
     model = _tiny_model("v1.1", regularizer)
     dmodel = interop.to_diffusers(model)
     for T in (1, 5, 9):
@@ -318,8 +313,7 @@ def test_v1_1_forward_matches_for_1_plus_k_tcr_frames_only(conformance_dir: Path
     assert (ours["z"].shape[2], theirs["z"].shape[2]) == (4, 6)
 
 
-def test_v1_0_causal_export_warns_and_differs(conformance_dir: Path) -> None:
-    import recipe
+def test_v1_0_causal_export_warns_and_differs() -> None:
 
     model = _tiny_model("v1.0")
     with pytest.warns(interop.DiffusersSemanticsWarning, match="different function"):
@@ -351,8 +345,7 @@ def test_to_diffusers_state_dict_drops_training_state_and_can_take_the_ema() -> 
     assert interop.from_diffusers_state_dict(plain) == plain
 
 
-def test_cli_round_trip(tmp_path: Path, conformance_dir: Path) -> None:
-    import recipe
+def test_cli_round_trip(tmp_path: Path) -> None:
 
     node = tiny_model_config(True, "fsq", "v1.1")
     config = tmp_path / "tiny.yaml"

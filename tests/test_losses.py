@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from tests.conftest import CONFIGS, require_shared
+from tests.conftest import CONFIGS, CONFORMANCE
 from vidtok.modules.reshape import batch_to_time, time_to_batch
 from vidtok.training.discriminator import NLayerDiscriminator, NLayerDiscriminator3D
 from vidtok.training.losses import (
@@ -145,7 +145,7 @@ def test_lecam_ema_and_regulariser_closed_form():
 
 
 def test_state_dict_matches_the_original_layout():
-    lines = require_shared("conformance", "keys", "vidtok_kl_causal_488_4chn.tsv").read_text().splitlines()
+    lines = (CONFORMANCE / "keys" / "vidtok_kl_causal_488_4chn.tsv").read_text().splitlines()
     expected = [tuple(line.split("\t")) for line in lines if line.startswith("loss.")]
     loss = GeneralLPIPSWithDiscriminator(**OFFICIAL, lpips_pretrained=False)
     listing = [

