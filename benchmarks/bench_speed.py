@@ -30,12 +30,10 @@ memory pass, in its own process, sets its own allocator options either way).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib.util
 import json
 import math
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -52,6 +50,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from memtools import PeakMemory, peak_rss_resettable, return_freed_memory  # noqa: E402
 
 from vidtok.api import load_model_from_config  # noqa: E402
 from vidtok.interop.diffusers import (  # noqa: E402
@@ -84,54 +84,6 @@ def make_input(recipe: Any | None, t: int, size: int) -> torch.Tensor:
         return recipe.make_input(t, size, size)
     g = torch.Generator().manual_seed(0)
     return torch.rand((1, 3, t, size, size), generator=g) * 2 - 1
-
-
-# --- memory -----------------------------------------------------------------------------------------------------
-
-
-def _status_kib(field_name: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{field_name}:\s+(\d+)", f.read(), re.M).group(1))
-
-
-def return_freed_memory() -> bool:
-    """Make glibc give freed blocks of 1 MiB and more back to the OS at once. By default its mmap threshold grows
-    with every large free, after which freed tensors stay resident and a later peak of another implementation
-    would reuse them unseen; a fixed threshold keeps the resident set equal to live memory."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4
-    return (
-        bool(libc.mallopt(m_mmap_max, 65536))  # glibc's default, in case GLIBC_TUNABLES turned mmap off
-        and bool(libc.mallopt(m_mmap_threshold, 1 << 20))
-        and bool(libc.mallopt(m_trim_threshold, 1 << 20))
-    )
-
-
-def peak_rss_resettable() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        _status_kib("VmHWM")
-        return True
-    except (OSError, AttributeError):
-        return False
-
-
-class PeakMemory:
-    """Peak resident memory above the level at entry (MiB), via Linux's peak-RSS reset (`clear_refs` 5)."""
-
-    def __enter__(self) -> PeakMemory:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        self.start = _status_kib("VmRSS")
-        self.mib = math.nan
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.mib = (_status_kib("VmHWM") - self.start) / 1024
 
 
 # --- implementations --------------------------------------------------------------------------------------------

@@ -131,14 +131,15 @@ def test_lecam_ema_and_regulariser_closed_form():
     real = torch.tensor([1.0, 3.0])  # mean 2
     fake = torch.tensor([-2.0, 0.0])  # mean -1
     ema.update(real, fake)
-    assert isinstance(ema.logits_real_ema, float) and isinstance(ema.logits_fake_ema, float)
-    assert ema.logits_real_ema == pytest.approx(0.002)
-    assert ema.logits_fake_ema == pytest.approx(-0.001)
+    # float64 tensors, so the update does the original's Python-float arithmetic without reading values back
+    assert ema.logits_real_ema.dtype == ema.logits_fake_ema.dtype == torch.float64
+    assert float(ema.logits_real_ema) == pytest.approx(0.002)
+    assert float(ema.logits_fake_ema) == pytest.approx(-0.001)
     # relu(real + 0.001)² = [1.001², 3.001²]; relu(0.002 - fake)² = [2.002², 0.002²]
     expected = (1.001**2 + 3.001**2) / 2 + (2.002**2 + 0.002**2) / 2
     torch.testing.assert_close(lecam_reg(real, fake, ema), torch.tensor(expected))
     ema.update(real, fake)
-    assert ema.logits_real_ema == pytest.approx(0.002 * 0.999 + 0.002)
+    assert float(ema.logits_real_ema) == pytest.approx(0.002 * 0.999 + 0.002)
 
 
 # --- construction ----------------------------------------------------------------------------------------------------

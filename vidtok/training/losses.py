@@ -59,18 +59,24 @@ def non_saturate_gen_loss(logits_fake: torch.Tensor) -> torch.Tensor:
 class LeCAMEMA:
     """Exponential moving averages of the mean real and fake logits (the original's `LeCAM_EMA`).
 
-    Kept as Python floats, outside the state dict, so they restart from `init` when training resumes.
+    Kept outside the state dict, so they restart from `init` when training resumes. Each is a float64 scalar tensor
+    on the logits' device: the original's Python-float arithmetic, bit for bit, without reading the mean back to the
+    host (`.item()` waits for the GPU at every discriminator step).
     """
 
     def __init__(self, init: float = 0.0, decay: float = 0.999) -> None:
-        self.logits_real_ema = init
-        self.logits_fake_ema = init
+        self.logits_real_ema = torch.tensor(init, dtype=torch.float64)
+        self.logits_fake_ema = torch.tensor(init, dtype=torch.float64)
         self.decay = decay
 
     def update(self, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> None:
         """ema ← decay·ema + (1 − decay)·mean(logits), for real and fake."""
-        self.logits_real_ema = self.logits_real_ema * self.decay + torch.mean(logits_real).item() * (1 - self.decay)
-        self.logits_fake_ema = self.logits_fake_ema * self.decay + torch.mean(logits_fake).item() * (1 - self.decay)
+        self.logits_real_ema = self._step(self.logits_real_ema, logits_real)
+        self.logits_fake_ema = self._step(self.logits_fake_ema, logits_fake)
+
+    def _step(self, ema: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        mean = torch.mean(logits.detach()).to(torch.float64)
+        return ema.to(mean.device) * self.decay + mean * (1 - self.decay)
 
 
 def lecam_reg(logits_real: torch.Tensor, logits_fake: torch.Tensor, ema: LeCAMEMA) -> torch.Tensor:
