@@ -242,8 +242,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def loss_difference(a: dict[str, float], b: dict[str, float]) -> tuple[float, str]:
+    """The largest difference of two loss logs, relative to the value where it exceeds 1 (the summed NLL is in the
+    thousands, where one float32 rounding step is 1e-4), and the key it is at."""
     common = sorted(set(a) & set(b))
-    diffs = {k: abs(a[k] - b[k]) for k in common}
+    diffs = {k: abs(a[k] - b[k]) / max(abs(a[k]), abs(b[k]), 1.0) for k in common}
     worst = max(diffs, key=diffs.get)
     return diffs[worst], worst
 
@@ -271,7 +273,7 @@ def parent(args: argparse.Namespace) -> None:
     print("first-batch losses (new): " + ", ".join(f"{k}={v:.6g}" for k, v in sorted(new["losses"].items())))
     for row in rows[1:]:
         diff, key = loss_difference(new["losses"], row["losses"])
-        print(f"largest first-batch loss difference new vs {row['variant']}: {diff:.3g} ({key})")
+        print(f"largest first-batch loss difference new vs {row['variant']} (relative above 1): {diff:.3g} ({key})")
     if args.json:
         args.json.write_text(json.dumps({"args": args.child_argv, "rows": rows, "runs": runs}, indent=2))
 
