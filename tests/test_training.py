@@ -40,6 +40,7 @@ import main
 from vidtok.data.video_read import VideoReadError
 from vidtok.data.vidtok import NoUsableVideosError
 from vidtok.train import (
+    SkippedVideosMonitor,
     count_devices,
     find_resume,
     lightning_target,
@@ -522,8 +523,8 @@ def test_lightning_targets_devices_and_precision(caplog: pytest.LogCaptureFixtur
 
 def test_training_step_and_ema_never_read_a_tensor_back_to_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a GPU every `.item()`, `float()`, `int()` or `bool()` of a tensor waits for all queued work, so the step
-    (LeCAM's EMAs, the EMA's warm-up, the optimisers) must run on tensor operations only: here each of them raises
-    while a tiny model trains two batches in the GAN phase with an EMA."""
+    (LeCAM's EMAs, the EMA's warm-up, the optimisers) and the skipped-video count between logs must run on tensor
+    operations only: here each of them raises while a tiny model trains two batches in the GAN phase with an EMA."""
     import lightning.pytorch as pl
 
     config = OmegaConf.load(TINY_KL).model
@@ -548,12 +549,16 @@ def test_training_step_and_ema_never_read_a_tensor_back_to_the_host(monkeypatch:
 
     monkeypatch.setattr(model, "training_step", without_host_reads(model.training_step))
     monkeypatch.setattr(model, "on_train_batch_end", without_host_reads(model.on_train_batch_end))
+    monitor = SkippedVideosMonitor()
+    monkeypatch.setattr(monitor, "on_train_batch_end", without_host_reads(monitor.on_train_batch_end))
     clip = torch.rand(3, 9, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     trainer = pl.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(model, torch.utils.data.DataLoader([{"jpg": clip}] * 2, batch_size=1))
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         log_every_n_steps=50, callbacks=[monitor])
+    trainer.fit(model, torch.utils.data.DataLoader([{"jpg": clip, "num_skipped": 1}] * 2, batch_size=1))
     assert trainer.global_step == 4
     assert int(model.model_ema.num_updates) == 2
     assert float(model.loss.lecam_ema.logits_real_ema) != 0.0
     logged = trainer.logged_metrics
     assert math.isfinite(float(logged["train/lecam_loss_step"])) and float(logged["train/d_weight_step"]) > 0
+    assert float(monitor.local_count) == 2
