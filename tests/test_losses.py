@@ -224,6 +224,24 @@ def test_gan_terms_switch_on_at_disc_start(batch):
     assert not torch.allclose(after, before)
 
 
+def test_generator_backward_skips_the_discriminator_while_the_gan_is_off(batch):
+    """Before disc_start the GAN term enters times 0: same loss value, a gradient of exactly zero, so the backward
+    pass never reaches the discriminator; after it, the discriminator is part of the generator's gradient."""
+    x, recon, decoder = batch
+    loss = make_loss()
+    nll, _ = expected_nll_and_g(loss, x, recon)
+    disc_params = list(loss.discriminator.parameters())
+
+    before, _ = loss(kl_log(), x, recon, 0, DISC_START - 1, last_layer=decoder.weight)
+    grads = torch.autograd.grad(before, [decoder.weight, *disc_params], retain_graph=True, allow_unused=True)
+    assert all(g is None for g in grads[1:])
+    torch.testing.assert_close(grads[0], torch.autograd.grad(nll, decoder.weight, retain_graph=True)[0])
+
+    after, _ = loss(kl_log(), x, recon, 0, DISC_START, last_layer=decoder.weight)
+    grads = torch.autograd.grad(after, disc_params, retain_graph=True, allow_unused=True)
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
 def test_adaptive_weight_uses_the_last_layers_gradients(batch):
     x, recon, decoder = batch
     loss = make_loss()

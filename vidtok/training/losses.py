@@ -88,13 +88,13 @@ def lecam_reg(logits_real: torch.Tensor, logits_fake: torch.Tensor, ema: LeCAMEM
 
 # --- the loss module -----------------------------------------------------------------------------------------------
 
-DiscLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
 
 def _nhwc(frames: torch.Tensor) -> torch.Tensor:
     """`[N, C, H, W]` frames stored channels-last, as the loss's 2D networks take them (a view if they are)."""
     return frames.contiguous(memory_format=torch.channels_last)
 
+
+DiscLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _DISC_LOSSES: dict[str, DiscLoss] = {"hinge": hinge_d_loss, "vanilla": vanilla_d_loss}
 _DISC_TYPES = ("2d", "3d")
 
