@@ -2,7 +2,8 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_speed.py [--config configs/vidtok_kl_causal_488_4chn.yaml]
         [--frames 17] [--size 128] [--repeats 3] [--dtype fp32|bf16]
-        [--encode_dtype fp32|bf16] [--decode_dtype fp32|bf16] [--compile] [--channels_last] [--json OUT]
+        [--encode_dtype fp32|bf16] [--decode_dtype fp32|bf16] [--compile] [--channels_last] [--device cpu|cuda]
+        [--json OUT]
 
 Implementations, timed alternately within one run so that load on a shared machine hits them alike:
 - `ours`: the config's model (v1.0 engine for v1.0 configs);
@@ -30,11 +31,9 @@ memory pass, in its own process, sets its own allocator options either way).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib.util
 import json
 import math
-import re
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,8 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from memtools import PeakMemory, peak_rss_resettable, return_freed_memory  # noqa: E402
+
 from tests.data.conformance import recipe  # noqa: E402
 from vidtok.api import load_model_from_config  # noqa: E402
 from vidtok.interop.diffusers import (  # noqa: E402
@@ -63,57 +64,7 @@ from vidtok.interop.diffusers import (  # noqa: E402
 from vidtok.kernels.fast_conv import direct_convs  # noqa: E402
 
 HAVE_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
-
-
-# --- weights and input ------------------------------------------------------------------------------------------
-
-
-# --- memory -----------------------------------------------------------------------------------------------------
-
-
-def _status_kib(field_name: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{field_name}:\s+(\d+)", f.read(), re.M).group(1))
-
-
-def return_freed_memory() -> bool:
-    """Make glibc give freed blocks of 1 MiB and more back to the OS at once. By default its mmap threshold grows
-    with every large free, after which freed tensors stay resident and a later peak of another implementation
-    would reuse them unseen; a fixed threshold keeps the resident set equal to live memory."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4
-    return (
-        bool(libc.mallopt(m_mmap_max, 65536))  # glibc's default, in case GLIBC_TUNABLES turned mmap off
-        and bool(libc.mallopt(m_mmap_threshold, 1 << 20))
-        and bool(libc.mallopt(m_trim_threshold, 1 << 20))
-    )
-
-
-def peak_rss_resettable() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        _status_kib("VmHWM")
-        return True
-    except (OSError, AttributeError):
-        return False
-
-
-class PeakMemory:
-    """Peak resident memory above the level at entry (MiB), via Linux's peak-RSS reset (`clear_refs` 5)."""
-
-    def __enter__(self) -> PeakMemory:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        self.start = _status_kib("VmRSS")
-        self.mib = math.nan
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.mib = (_status_kib("VmHWM") - self.start) / 1024
+DEVICE = torch.device("cpu")  # set from --device
 
 
 # --- implementations --------------------------------------------------------------------------------------------
@@ -181,14 +132,14 @@ def to_channels_last(module: torch.nn.Module) -> None:
 
 def build_impls(args: argparse.Namespace) -> list[Impl]:
     model = recipe.fill_parameters_(load_model_from_config(args.config).eval())
-    impls = [ours_impl("ours", model, args.frames)]
+    impls = [ours_impl("ours", model.to(DEVICE), args.frames)]
     layout = model.encoder.layout
     if layout.causal and layout.crop_output:  # v1.0 causal
-        impls.append(ours_impl("ours-v1.1", v1_1_twin(model), args.frames))
+        impls.append(ours_impl("ours-v1.1", v1_1_twin(model).to(DEVICE), args.frames))
     if HAVE_DIFFUSERS and not args.no_diffusers:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DiffusersSemanticsWarning)
-            impls.append(diffusers_impl(to_diffusers(model), args.frames))
+            impls.append(diffusers_impl(to_diffusers(model).to(DEVICE), args.frames))
     return [in_stage_dtypes(impl, args) for impl in impls]
 
 
@@ -196,7 +147,7 @@ def build_impls(args: argparse.Namespace) -> list[Impl]:
 
 
 def autocast(dtype: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+    return torch.autocast(DEVICE.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
 
 
 def stage_dtypes(args: argparse.Namespace) -> tuple[str, str]:
@@ -221,9 +172,17 @@ def in_stage_dtypes(impl: Impl, args: argparse.Namespace) -> Impl:
     return impl
 
 
+def synchronize() -> None:
+    """Wait for the device's queued work, so a time covers the kernels launched in it."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
+    synchronize()
     start = time.perf_counter()
     out = fn()
+    synchronize()
     return out, time.perf_counter() - start
 
 
@@ -238,7 +197,8 @@ def conv3d_peak(args: argparse.Namespace, repeats: int = 3) -> tuple[float, floa
             (3, torch.nn.Conv3d(channels, channels, 3, padding=1), (1, channels, frames, size, size)),
             (2, torch.nn.Conv2d(channels, channels, 3, padding=1), (frames, channels, size, size)),
         ):
-            x = torch.randn(shape, generator=g)
+            x = torch.randn(shape, generator=g).to(DEVICE)
+            conv = conv.to(DEVICE)
             for layout in (torch.contiguous_format, torch.channels_last_3d if dims == 3 else torch.channels_last):
                 x = x.contiguous(memory_format=layout)
                 with torch.no_grad(), autocast(args.dtype), FlopCounterMode(display=False) as counter:
@@ -257,7 +217,7 @@ def measure_memory_in_child(args: argparse.Namespace, name: str) -> tuple[list[f
 
     A process of its own, because the measurement needs glibc to unmap freed blocks from the start (otherwise
     memory freed by earlier runs is reused unseen), and that setting would slow the timed runs in this one."""
-    if not (sys.platform.startswith("linux") and peak_rss_resettable()):
+    if DEVICE.type == "cpu" and not (sys.platform.startswith("linux") and peak_rss_resettable()):
         return [], []
     argv = [sys.executable, __file__, *args.argv, "--memory_child", name]
     done = subprocess.run(argv, capture_output=True, text=True)
@@ -270,23 +230,42 @@ def measure_memory_in_child(args: argparse.Namespace, name: str) -> tuple[list[f
 
 
 def memory_child(args: argparse.Namespace) -> None:
-    """The `--memory_child` process: one encode and one decode of one implementation, each under `PeakMemory`."""
+    """The `--memory_child` process: one encode and one decode of one implementation, each under `PeakMemory` (on
+    CUDA: the peak of allocated memory above the amount at its start)."""
     return_freed_memory()
-    x = recipe.make_input(args.frames, args.size, args.size)
+    x = recipe.make_input(args.frames, args.size, args.size).to(DEVICE)
     impl = next(i for i in build_impls(args) if i.name == args.memory_child)
     with torch.no_grad():
-        with PeakMemory() as encode_mem:
+        with device_peak() as encode_mem:
             z = impl.encode(x)
-        with PeakMemory() as decode_mem:
+        with device_peak() as decode_mem:
             impl.decode(z)
     print(MEMORY_TAG + json.dumps([encode_mem.mib, decode_mem.mib]))
+
+
+class CudaPeak:
+    """Peak allocated CUDA memory (MiB) while the block runs, above the amount allocated at entry."""
+
+    def __enter__(self) -> CudaPeak:
+        synchronize()
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        self.start = torch.cuda.memory_allocated(DEVICE)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        synchronize()
+        self.mib = (torch.cuda.max_memory_allocated(DEVICE) - self.start) / 2**20
+
+
+def device_peak() -> PeakMemory | CudaPeak:
+    return CudaPeak() if DEVICE.type == "cuda" else PeakMemory()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
-    x = recipe.make_input(args.frames, args.size, args.size)
+    x = recipe.make_input(args.frames, args.size, args.size).to(DEVICE)
     impls = build_impls(args)
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -346,6 +325,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "channels_last": args.channels_last,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "device": str(DEVICE),
         "conv3d_peak_gflop_per_s": peak3d,
         "conv2d_peak_gflop_per_s": peak2d,
         "max_abs_recon": reference.recon.abs().max().item() if reference else impls[0].recon.abs().max().item(),
@@ -371,7 +351,7 @@ def format_report(result: dict[str, Any]) -> str:
     header = (
         f"{Path(result['config']).stem}, input {'x'.join(map(str, result['input']))}, {dtypes_text(result)}"
         f"{', compiled' if result['compile'] else ''}{', channels_last' if result['channels_last'] else ''}, "
-        f"{result['threads']} threads, torch {result['torch']}\n"
+        f"{result['device']}, {result['threads']} threads, torch {result['torch']}\n"
         f"Conv3d 3x3x3 peak {result['conv3d_peak_gflop_per_s']:.1f} GFLOP/s "
         f"(Conv2d 3x3: {result['conv2d_peak_gflop_per_s']:.1f}); max |recon| {result['max_abs_recon']:.2f}"
     )
@@ -416,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     parser.add_argument("--compile", action="store_true", help="torch.compile encoder and decoder")
     parser.add_argument("--channels_last", action="store_true", help="channels-last weights and input")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (synchronised timings, CUDA autocast for bf16)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--no_diffusers", action="store_true", help="bench ours only")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -426,13 +407,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     if args.memory_child:
         memory_child(args)
         return 0
     if not HAVE_DIFFUSERS and not args.no_diffusers:
         print("note: diffusers is not installed (pip install 'vidtok[diffusers]'); benchmarking ours only")
     capability = torch.backends.cpu.get_cpu_capability()
-    if "bf16" in stage_dtypes(args) and not capability.startswith("AVX512"):
+    if DEVICE.type == "cpu" and "bf16" in stage_dtypes(args) and not capability.startswith("AVX512"):
         print(
             f"note: this CPU ({capability}) has no native bf16: bf16 convolutions take a fallback path that can be "
             "hundreds of times slower than fp32 (a 3x3x3 Conv3d: ~300x on an AVX2 machine)"

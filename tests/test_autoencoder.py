@@ -159,3 +159,38 @@ def test_loss_is_not_built_for_inference():
     model = build()
     assert model.loss is None
     assert not any(k.startswith("loss.") for k in model.state_dict())
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_use_checkpoint_gives_the_same_gradients_and_keeps_fewer_activations(causal):
+    """`use_checkpoint: true` recomputes each residual block in the backward pass: the gradients are the plain
+    ones, and autograd keeps a fraction of the activations."""
+    def build(use_checkpoint: bool) -> torch.nn.Module:
+        cfg = tiny_model_config(causal)
+        cfg["params"]["encoder_config"]["params"] = {**cfg["params"]["encoder_config"]["params"],
+                                                     "use_checkpoint": use_checkpoint}
+        cfg["params"]["decoder_config"]["params"] = cfg["params"]["encoder_config"]["params"]
+        torch.manual_seed(0)
+        return instantiate_from_config(cfg).train()
+
+    x = torch.rand(1, 3, 9 if causal else 8, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+    def step(model: torch.nn.Module) -> tuple[int, dict[str, torch.Tensor]]:
+        kept = []
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            kept.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            z = model.encoder(x)[:, : model.decoder.z_channels]  # the posterior mean: no sampling
+            loss = model.decoder(z).square().mean()
+        loss.backward()
+        return sum(kept), {n: p.grad for n, p in model.named_parameters()}
+
+    plain_bytes, plain = step(build(False))
+    ckpt_bytes, ckpt = step(build(True))
+    assert plain.keys() == ckpt.keys()
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert ckpt_bytes < 0.5 * plain_bytes

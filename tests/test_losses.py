@@ -131,14 +131,15 @@ def test_lecam_ema_and_regulariser_closed_form():
     real = torch.tensor([1.0, 3.0])  # mean 2
     fake = torch.tensor([-2.0, 0.0])  # mean -1
     ema.update(real, fake)
-    assert isinstance(ema.logits_real_ema, float) and isinstance(ema.logits_fake_ema, float)
-    assert ema.logits_real_ema == pytest.approx(0.002)
-    assert ema.logits_fake_ema == pytest.approx(-0.001)
+    # float64 tensors, so the update does the original's Python-float arithmetic without reading values back
+    assert ema.logits_real_ema.dtype == ema.logits_fake_ema.dtype == torch.float64
+    assert float(ema.logits_real_ema) == pytest.approx(0.002)
+    assert float(ema.logits_fake_ema) == pytest.approx(-0.001)
     # relu(real + 0.001)² = [1.001², 3.001²]; relu(0.002 - fake)² = [2.002², 0.002²]
     expected = (1.001**2 + 3.001**2) / 2 + (2.002**2 + 0.002**2) / 2
     torch.testing.assert_close(lecam_reg(real, fake, ema), torch.tensor(expected))
     ema.update(real, fake)
-    assert ema.logits_real_ema == pytest.approx(0.002 * 0.999 + 0.002)
+    assert float(ema.logits_real_ema) == pytest.approx(0.002 * 0.999 + 0.002)
 
 
 # --- construction ----------------------------------------------------------------------------------------------------
@@ -221,6 +222,24 @@ def test_gan_terms_switch_on_at_disc_start(batch):
     assert d_weight.item() > 0 and g.item() > 0
     torch.testing.assert_close(after, nll + d_weight * g + reg)
     assert not torch.allclose(after, before)
+
+
+def test_generator_backward_skips_the_discriminator_while_the_gan_is_off(batch):
+    """Before disc_start the GAN term enters times 0: same loss value, a gradient of exactly zero, so the backward
+    pass never reaches the discriminator; after it, the discriminator is part of the generator's gradient."""
+    x, recon, decoder = batch
+    loss = make_loss()
+    nll, _ = expected_nll_and_g(loss, x, recon)
+    disc_params = list(loss.discriminator.parameters())
+
+    before, _ = loss(kl_log(), x, recon, 0, DISC_START - 1, last_layer=decoder.weight)
+    grads = torch.autograd.grad(before, [decoder.weight, *disc_params], retain_graph=True, allow_unused=True)
+    assert all(g is None for g in grads[1:])
+    torch.testing.assert_close(grads[0], torch.autograd.grad(nll, decoder.weight, retain_graph=True)[0])
+
+    after, _ = loss(kl_log(), x, recon, 0, DISC_START, last_layer=decoder.weight)
+    grads = torch.autograd.grad(after, disc_params, retain_graph=True, allow_unused=True)
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
 def test_adaptive_weight_uses_the_last_layers_gradients(batch):

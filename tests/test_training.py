@@ -40,6 +40,7 @@ import main
 from vidtok.data.video_io import VideoReadError
 from vidtok.data.vidtok import NoUsableVideosError
 from vidtok.train import (
+    SkippedVideosMonitor,
     count_devices,
     find_resume,
     resolve_precision,
@@ -409,9 +410,6 @@ def test_every_logged_tensor_is_on_the_module_device(monkeypatch: pytest.MonkeyP
     model = instantiate_from_config(config)
     model.build_loss(lpips_pretrained=False)
     model = model.to("meta")
-    # the LeCam EMAs are Python floats updated with .item() (as in the original), which meta tensors cannot give;
-    # they are not logged, so the update is left out
-    monkeypatch.setattr(model.loss.lecam_ema, "update", lambda logits_real, logits_fake: None)
     logged: dict[str, Any] = {}
 
     def log_dict(values: dict[str, Any], **kwargs: Any) -> None:
@@ -516,3 +514,49 @@ def test_lightning_targets_devices_and_precision(caplog: pytest.LogCaptureFixtur
     assert resolve_precision(32, "cpu") == 32
     monkeypatch.setattr("vidtok.train.bf16_supported", lambda kind: True)
     assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+
+
+# --- host synchronisation --------------------------------------------------------------------------------------------
+
+
+def test_training_step_and_ema_never_read_a_tensor_back_to_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU every `.item()`, `float()`, `int()` or `bool()` of a tensor waits for all queued work, so the step
+    (LeCAM's EMAs, the EMA's warm-up, the optimisers) and the skipped-video count between logs must run on tensor
+    operations only: here each of them raises while a tiny model trains two batches in the GAN phase with an EMA."""
+    import lightning.pytorch as pl
+
+    config = OmegaConf.load(TINY_KL).model
+    config.params.encoder_config.params.ch = 16
+    config.params.loss_config.params.disc_start = 0
+    config.params.ema_decay = 0.999
+    torch.manual_seed(0)
+    model = instantiate_from_config(config)
+    model.learning_rate = 1e-4
+    model.build_loss(lpips_pretrained=False)
+
+    def host_read(self: torch.Tensor, *args: Any) -> Any:
+        raise AssertionError("a tensor was read back to the host inside the training step")
+
+    def without_host_reads(method: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with monkeypatch.context() as patch:
+                for name in ("item", "__float__", "__int__", "__bool__"):
+                    patch.setattr(torch.Tensor, name, host_read)
+                return method(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(model, "training_step", without_host_reads(model.training_step))
+    monkeypatch.setattr(model, "on_train_batch_end", without_host_reads(model.on_train_batch_end))
+    monitor = SkippedVideosMonitor()
+    monkeypatch.setattr(monitor, "on_train_batch_end", without_host_reads(monitor.on_train_batch_end))
+    clip = torch.rand(3, 9, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    trainer = pl.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         log_every_n_steps=50, callbacks=[monitor])
+    trainer.fit(model, torch.utils.data.DataLoader([{"jpg": clip, "num_skipped": 1}] * 2, batch_size=1))
+    assert trainer.global_step == 4
+    assert int(model.model_ema.num_updates) == 2
+    assert float(model.loss.lecam_ema.logits_real_ema) != 0.0
+    logged = trainer.logged_metrics
+    assert math.isfinite(float(logged["train/lecam_loss_step"])) and float(logged["train/d_weight_step"]) > 0
+    assert float(monitor.local_count) == 2

@@ -84,18 +84,23 @@ class FastConv2d(nn.Conv2d):
 class FastConv3d(nn.Conv3d):
     """`nn.Conv3d` with a k×3×3 kernel on `[B, C, T, H, W]`; returns channels-last.
 
-    Off the Winograd path it convolves a channels-first copy: for 3×3×3 kernels with the model's 256 and 512
-    channels, oneDNN on a 2-core AVX2 CPU ran 10–30 % faster on channels-first tensors than on the channels-last
-    ones the rest of the network uses (e.g. 256 channels, 20×128²: 7.8 s against 8.7 s).
+    Off the Winograd path, in CPU inference, it convolves a channels-first copy: for 3×3×3 kernels with the model's
+    256 and 512 channels, oneDNN on a 2-core AVX2 CPU ran 10–30 % faster on channels-first tensors than on the
+    channels-last ones the rest of the network uses (e.g. 256 channels, 20×128²: 7.8 s against 8.7 s). In training
+    the copies, and their counterparts in the backward pass, cost more than that (a 256-channel causal conv on
+    17×32², forward and backward: 2.12 s with the copies, 1.89 s without), and on other devices the trade was never
+    measured, so there the conv reads the channels-last input as it is.
     """
 
     def takes_channels_last(self, x: torch.Tensor) -> bool:
         """Whether `forward(x)` reads `x` as it is (channels-last), so callers need not make a channels-first copy."""
-        return _use_winograd(self, x)
+        return x.device.type != "cpu" or torch.is_grad_enabled() or _use_winograd(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.takes_channels_last(x):
             return channels_last(super().forward(x.contiguous()))
+        if not _use_winograd(self, x):
+            return channels_last(super().forward(x))
         frames = x.shape[2] + 2 * self.padding[0] - self.kernel_size[0] + 1
         out = x.new_empty(x.shape[0], frames, *x.shape[3:], self.out_channels)
         for b in range(x.shape[0]):

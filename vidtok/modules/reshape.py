@@ -3,8 +3,8 @@
 Activations are kept channels-last (`[B, C, T, H, W]` stored as B, T, H, W, C). On CPU that makes the per-frame
 2D layers' `time_to_batch` a view instead of a copy, lets LayerNorm over channels run without a transposed copy,
 and runs oneDNN's k×1×1 temporal convolutions and 2D convolutions faster than on channels-first tensors. The
-3×3×3 convolutions off the Winograd path are the exception (see `FastConv3d`). Shapes and values do not depend on
-the layout.
+3×3×3 convolutions off the Winograd path in CPU inference are the exception (see `FastConv3d`). Shapes and values
+do not depend on the layout.
 """
 
 from __future__ import annotations

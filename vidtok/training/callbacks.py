@@ -26,31 +26,35 @@ class SkippedVideosMonitor(Callback):
 
     def __init__(self) -> None:
         super().__init__()
-        self.local_count = 0  # bad samples this process's batches reported
-        self.last_total = 0  # all processes, as last logged
+        # bad samples this process's batches reported: a float tensor on the module's device, added to without
+        # reading it back, since on a GPU every read of a device value waits for all the queued work
+        self.local_count: torch.Tensor | None = None
+        self.last_total = 0  # all processes, as last read for the warning
 
-    @staticmethod
-    def _batch_count(batch: Any) -> int:
+    def _add_batch(self, batch: Any, device: torch.device) -> torch.Tensor:
         counts = batch.get("num_skipped") if isinstance(batch, Mapping) else None
-        return 0 if counts is None else int(torch.as_tensor(counts).sum())
+        if self.local_count is None:
+            self.local_count = torch.zeros((), device=device)
+        if counts is not None:
+            self.local_count = self.local_count + torch.as_tensor(counts, device=device).sum()
+        return self.local_count
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
         # no collective here: validation batches need not line up across processes; the next training batch syncs
-        self.local_count += self._batch_count(batch)
+        self._add_batch(batch, pl_module.device)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        self.local_count += self._batch_count(batch)
         # on the module's device: NCCL reduces only CUDA tensors
-        local = torch.tensor(float(self.local_count), device=pl_module.device)
-        total = trainer.strategy.reduce(local, reduce_op="sum")
-        if int(total) != self.last_total:
+        total = trainer.strategy.reduce(self._add_batch(batch, pl_module.device).clone(), reduce_op="sum")
+        pl_module.log("data/skipped_videos", total, on_step=True, on_epoch=False, logger=True)
+        # the warning needs the value on the host: read it only as often as metrics are logged
+        if (batch_idx + 1) % max(trainer.log_every_n_steps, 1) == 0 and int(total) != self.last_total:
             self.last_total = int(total)
             if trainer.is_global_zero:
                 logger.warning("%d bad video sample(s) skipped so far (unreadable, missing or too short)",
                                self.last_total)
-        pl_module.log("data/skipped_videos", total, on_step=True, on_epoch=False, logger=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         summary = getattr(trainer.datamodule, "skipped_summary", None)

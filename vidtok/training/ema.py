@@ -67,13 +67,18 @@ class LitEma(nn.Module):
 
     @torch.no_grad()
     def forward(self, model: nn.Module) -> None:
-        """One EMA update towards `model`'s current parameters."""
-        decay = float(self.decay)
-        if self.num_updates >= 0:
-            self.num_updates += 1
-            n = int(self.num_updates)
-            decay = min(decay, (1 + n) / (10 + n))
-        one_minus_decay = 1.0 - decay
+        """One EMA update towards `model`'s current parameters.
+
+        Computed with tensor operations on the buffers' device, so no value is read back to the host (on a GPU
+        that would wait for the whole step); in float64 as the original's Python floats are, so the factor is the
+        same to the last bit.
+        """
+        warming_up = self.num_updates >= 0
+        self.num_updates.add_(warming_up.to(self.num_updates.dtype))
+        n = self.num_updates.to(torch.float64)
+        decay = self.decay.to(torch.float64)
+        decay = torch.where(warming_up, torch.minimum(decay, (1 + n) / (10 + n)), decay)
+        one_minus_decay = (1.0 - decay).to(self.decay.dtype)
         shadows = dict(self.named_buffers())
         for name, param in self._tracked(model):
             shadow = shadows[self.m_name2s_name[name]]
