@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vidtok.data.shards import VidTokShardDataset
+from vidtok.distributed import leave_process_group
 
 
 class KeyRecorder(pl.LightningModule):
@@ -37,6 +38,7 @@ def main(pattern: str, out: Path) -> None:
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, loader)
     (out / f"keys-{trainer.global_rank}.json").write_text(json.dumps(module.keys))
+    leave_process_group()
 
 
 if __name__ == "__main__":
