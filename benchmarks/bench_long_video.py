@@ -115,7 +115,7 @@ def work_clip(model, spec, device) -> dict:
             out = decode_tiled(model, z, tiles.latents)
         else:  # tiled + streamed: tile-major, as the entry points run it
             tiles = resolve_tiles(model, spec["tile"], spec["tile_overlap"])
-            progress = TileMajorProgress(0, enabled=False)
+            progress = TileMajorProgress(0, enabled=spec.get("progress", False))
             frames_out = 0
             for _, out in tile_major_reconstruct(
                 model, lambda: iter(x[0].split(spec["chunk"], dim=1)), T, tiles, device=device, progress=progress
@@ -242,14 +242,15 @@ def run_child(spec: dict, timeout: float | None) -> dict:
     try:
         done = subprocess.run(
             [sys.executable, __file__, "--child", json.dumps(spec)],
-            capture_output=True, text=True, env=env, timeout=timeout,
+            stdout=subprocess.PIPE, stderr=None if spec.get("progress") else subprocess.PIPE, text=True, env=env,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {timeout:.0f} s"}
     for line in done.stdout.splitlines():
         if line.startswith(RESULT_TAG):
             return json.loads(line[len(RESULT_TAG) :])
-    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    tail = ((done.stderr or "(see the child's stderr above)").strip().splitlines() or ["no output"])[-1]
     return {"ok": False, "error": f"child exited with {done.returncode}: {tail[:200]}"}
 
 
@@ -285,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="untiled,tiled,streamed", help="(b) which of untiled,tiled,streamed to run")
     parser.add_argument("--tile", type=int, default=None, help="(b, c) tile size in pixels (default 256; quick 32)")
     parser.add_argument("--tile_overlap", type=int, default=None, help="(b, c) tile overlap (default 64; quick 8)")
+    parser.add_argument("--progress", action="store_true", help="(b) the streamed mode's tiles x chunks bar on stderr")
     parser.add_argument("--cap_gib", type=float, default=24.0, help="(b) memory cap of the untiled run (GiB)")
     parser.add_argument("--config", default=str(FULL_CONFIG), help="model config (default: full-size 488 KL)")
     parser.add_argument("--ckpt", default=None, help="(c) trained weights for --config (default: random weights)")
@@ -327,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     if "b" in parts:
         T = args.clip_frames
         clip = {**base, "work": "clip", "frames": T, "height": height, "width": width, "tile": tile,
-                "tile_overlap": overlap}
+                "tile_overlap": overlap, "progress": args.progress}
         header(f"(b) one {T}x{height}x{width} clip, encode+decode; tiles {tile} px / {tile // f} latents (overlap "
                f"{overlap} / {overlap // f})")
         modes = set(args.modes.split(","))
