@@ -1,0 +1,34 @@
+"""Counting the bytes of tensors that stay alive, on any device (CPU included, which has no allocator statistics)."""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Inside the `with` block, every storage an op allocates is watched; `live_bytes()` sums those still alive.
+
+    What autograd keeps for the backward pass, and what a checkpoint stores on the side, are both counted, as they
+    would be by a device allocator; inputs and parameters made before the block are not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._watched: dict[int, tuple[StorageWeakRef, int]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                self._watched.setdefault(storage.data_ptr(), (StorageWeakRef(storage), storage.nbytes()))
+        return out
+
+    def live_bytes(self) -> int:
+        gc.collect()
+        self._watched = {k: v for k, v in self._watched.items() if not v[0].expired()}
+        return sum(n for _, n in self._watched.values())
