@@ -25,7 +25,9 @@ class LiveTensorBytes(TorchDispatchMode):
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 storage = t.untyped_storage()
-                self._watched.setdefault(storage.data_ptr(), (StorageWeakRef(storage), storage.nbytes()))
+                seen = self._watched.get(storage.data_ptr())
+                if seen is None or seen[0].expired():  # a freed storage's address may be handed out again
+                    self._watched[storage.data_ptr()] = (StorageWeakRef(storage), storage.nbytes())
         return out
 
     def live_bytes(self) -> int:

@@ -7,7 +7,7 @@ import torch
 
 from tests.conftest import tiny_model_config
 from tests.memory_helpers import LiveTensorBytes
-from vidtok.modules.resblock import keep_all_activations
+from vidtok.modules.recompute import keep_all_activations
 from vidtok.util import instantiate_from_config
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from .attention import FrameAttention
 from .causal_conv import TimePadMode
 from .normalization import make_norm, norm_silu
+from .recompute import recomputable
 from .resample import SpatialUpsample, TemporalUpsample
 from .resblock import ResnetBlock1D, ResnetBlock2D, ResnetBlock3D, make_conv3d, spatial_temporal
 from .reshape import batch_to_time, channels_last, time_to_batch
@@ -154,5 +155,8 @@ class VideoDecoder(nn.Module):
                     h = up_temporal.upsample(h)
         if self.give_pre_end:
             return h
-        h = self.conv_out(norm_silu(self.norm_out, h)).contiguous()
+        h = recomputable(self.training, self._head, h).contiguous()
         return torch.tanh(h) if self.tanh_out else h
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(norm_silu(self.norm_out, h))

@@ -17,6 +17,7 @@ from torch import nn
 from .attention import FrameAttention
 from .causal_conv import TimePadMode, pad_time_front
 from .normalization import make_norm, norm_silu
+from .recompute import recomputable
 from .resample import SpatialDownsample, TemporalDownsample
 from .resblock import ResnetBlock1D, ResnetBlock2D, ResnetBlock3D, make_conv3d, spatial_temporal
 from .reshape import batch_to_time, channels_last, time_to_batch
@@ -130,4 +131,7 @@ class VideoEncoder(nn.Module):
                 if i in self.tempo_ds:
                     h = down_temporal.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
-        return self.conv_out(norm_silu(self.norm_out, h)).contiguous()
+        return recomputable(self.training, self._head, h).contiguous()
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(norm_silu(self.norm_out, h))

@@ -11,6 +11,7 @@ from torch import nn
 from vidtok.kernels.fast_conv import FastConv2d, FastConv3d
 
 from .causal_conv import TimeBuffer, TimePadMode, causal_window
+from .recompute import recomputable
 from .resblock import make_conv3d
 from .reshape import channels_last
 
@@ -34,6 +35,9 @@ class SpatialUpsample(nn.Module):
         self.conv = FastConv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return recomputable(self.training, self._forward, x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x.float(), scale_factor=2.0, mode="nearest").to(x.dtype))
 
 
@@ -72,6 +76,9 @@ class TemporalDownsample(_AlphaBlend):
             self.conv = FastConv3d(channels, channels, 3, stride=(2, 1, 1), padding=(0, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return recomputable(self.training, self._forward, x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.causal:
             window = causal_window(x, 1, 3, 2, self.time_pad_mode, self.stream)
             learnt = self.conv(x)
@@ -120,6 +127,9 @@ class TemporalUpsample(_AlphaBlend):
         return torch.cat(up, dim=2) if len(up) > 1 else up[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return recomputable(self.training, self._forward, x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.upsample_time(x)
         return self.blend(x, self.conv(x))
 

@@ -8,43 +8,15 @@ count changes). No timestep embedding: VidTok's `temb_ch` is always 0.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from functools import partial
-
 import torch
 from torch import nn
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from vidtok.kernels.fast_conv import FastConv2d, FastConv3d
 
 from .causal_conv import CausalConv1d, CausalConv3d, TimePadMode, conv1d_over_time
 from .normalization import make_norm, norm_silu
+from .recompute import recomputable
 from .reshape import batch_to_time, time_to_batch
-
-# Training keeps only what is costly to recompute. Autograd would keep, for every norm → SiLU → conv of a block, the
-# norm's input, the SiLU's input and the conv's (padded) input: three activations, two of them the product of
-# elementwise work that takes a few percent of the conv's time to redo. A block therefore runs as a selective
-# checkpoint that stores the outputs of its convolutions and recomputes the rest (norms, SiLU, padding copies) in the
-# backward pass, bit for bit as it was computed the first time, so the gradients are unchanged.
-_STORED_OPS = frozenset({torch.ops.aten.convolution.default})
-_recompute_elementwise: ContextVar[bool] = ContextVar("vidtok_recompute_elementwise", default=True)
-
-
-def _store_conv_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-    return CheckpointPolicy.MUST_SAVE if op in _STORED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
-
-
-@contextmanager
-def keep_all_activations() -> Iterator[None]:
-    """Train the blocks opened in this thread inside the block as plain autograd would, keeping every activation the
-    backward pass reads (to measure what the selective recompute saves, or to rule it out)."""
-    token = _recompute_elementwise.set(False)
-    try:
-        yield
-    finally:
-        _recompute_elementwise.reset(token)
 
 
 class _Residual(nn.Module):
@@ -60,24 +32,16 @@ class _Residual(nn.Module):
     def _conv(self, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return conv(x)
 
-    def _body(self, x: torch.Tensor, stored_h: bool = False) -> torch.Tensor:
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
         h = self._conv(self.conv1, norm_silu(self.norm1, x))
         h = self._conv(self.conv2, self.dropout(norm_silu(self.norm2, h)))
         if self.in_channels != self.out_channels:
             x = self._conv(self.nin_shortcut, x)
-        # in place when h is the conv's fresh output, which its backward does not need; not when the selective
-        # checkpoint stores h to hand back in the recomputation
-        return h + x if stored_h else h.add_(x)
+        # in inference in place: h is the conv's fresh output; in training the selective checkpoint keeps h
+        return h + x if torch.is_grad_enabled() else h.add_(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and torch.is_grad_enabled()):
-            return self._body(x)
-        if self.use_checkpoint:
-            return checkpoint(self._body, x, use_reentrant=False)
-        if _recompute_elementwise.get():
-            return checkpoint(self._body, x, True, use_reentrant=False,
-                              context_fn=partial(create_selective_checkpoint_contexts, _store_conv_outputs))
-        return self._body(x)
+        return recomputable(self.training, self._body, x, whole=self.use_checkpoint)
 
 
 class ResnetBlock2D(_Residual):

@@ -1,0 +1,54 @@
+"""Selective recomputation in training: keep what the convolutions produce, redo the cheap work around them.
+
+For a norm → SiLU → conv, autograd would keep the norm's input, the SiLU's input and the conv's (padded) input:
+three activations, two of them the product of elementwise work that takes a few percent of the conv's time to redo.
+The residual blocks, the up- and downsamplers and the output heads therefore run in training as selective
+checkpoints: the outputs of their convolutions are stored, and their norms, activations, interpolations and padding
+copies run again in the backward pass, bit for bit as they ran the first time, so the gradients are unchanged.
+`use_checkpoint: true` recomputes the convolutions of the residual blocks too (:func:`recomputable`'s `whole`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import partial
+
+import torch
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+_STORED_OPS = frozenset({torch.ops.aten.convolution.default})
+_selective: ContextVar[bool] = ContextVar("vidtok_selective_recompute", default=True)
+
+
+def _store_conv_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _STORED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+_SELECTIVE = partial(create_selective_checkpoint_contexts, _store_conv_outputs)
+
+
+@contextmanager
+def keep_all_activations() -> Iterator[None]:
+    """Inside the block, in this thread, train as plain autograd would, keeping every activation the backward pass
+    reads (to measure what the selective recomputation saves, or to rule it out)."""
+    token = _selective.set(False)
+    try:
+        yield
+    finally:
+        _selective.reset(token)
+
+
+def recomputable(training: bool, fn: Callable[..., torch.Tensor], *args: torch.Tensor,
+                 whole: bool = False) -> torch.Tensor:
+    """`fn(*args)`; when `training` with autograd on, as a selective checkpoint (convolution outputs stored, the rest
+    recomputed in backward) or, with `whole`, as a full one (everything recomputed). `fn` must not modify in place a
+    convolution's output: the selective checkpoint hands that tensor back to the recomputation."""
+    if not (training and torch.is_grad_enabled()):
+        return fn(*args)
+    if whole:
+        return checkpoint(fn, *args, use_reentrant=False)
+    if not _selective.get():
+        return fn(*args)
+    return checkpoint(fn, *args, use_reentrant=False, context_fn=_SELECTIVE)
