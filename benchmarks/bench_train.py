@@ -2,7 +2,8 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_train.py [--config configs/vidtok_kl_causal_488_4chn.yaml]
         [--frames 17] [--size 64] [--batches 3] [--rounds 2] [--device cpu|cuda] [--precision 32|bf16-mixed]
-        [--use_checkpoint] [--channels_last] [--compile] [--disc_start N] [--baseline GITREF] [--checkpoint_ab]
+        [--use_checkpoint] [--keep_all_activations] [--channels_last] [--compile] [--disc_start N]
+        [--baseline GITREF] [--checkpoint_ab] [--plain_ab]
 
 Every measurement runs in a fresh child process that builds the model (recipe weights from
 `tests/data/conformance/recipe.py` on every parameter, LPIPS included; no downloads), then
@@ -11,7 +12,8 @@ a warm-up. Variants are interleaved round by round so that load on a shared mach
 
 - `new`: this checkout;
 - `base` (`--baseline GITREF`): the code at GITREF, from a detached worktree under /tmp, run by this same script;
-- `ckpt` (`--checkpoint_ab`): this checkout with `use_checkpoint: true`.
+- `ckpt` (`--checkpoint_ab`): this checkout with `use_checkpoint: true`;
+- `plain` (`--plain_ab`): this checkout without the selective recomputation of `vidtok/modules/recompute.py`.
 
 Reported per variant: median and spread (min-max) of the seconds per timed batch, the median time in each phase
 (`gen_fwd`: encoder, regularizer, decoder forward; `lpips` and `disc`: their forward passes; `backward`: every
@@ -178,7 +180,13 @@ def child(args: argparse.Namespace) -> None:
     )
     loader = torch.utils.data.DataLoader([{"jpg": clip}] * (1 + args.batches), batch_size=1)
     torch.manual_seed(1)  # the posterior sample and LPIPS's dropout draw from here
-    trainer.fit(model, loader)
+    if args.keep_all_activations:
+        from vidtok.modules.recompute import keep_all_activations
+
+        with keep_all_activations():
+            trainer.fit(model, loader)
+    else:
+        trainer.fit(model, loader)
     print(RESULT_TAG + json.dumps({"batches": batches, "threads": torch.get_num_threads()}), flush=True)
 
 
@@ -252,6 +260,8 @@ def parent(args: argparse.Namespace) -> None:
         variants.append(("base", baseline_tree(args.baseline), []))
     if args.checkpoint_ab:
         variants.append(("ckpt", REPO, ["--use_checkpoint"]))
+    if args.plain_ab:
+        variants.append(("plain", REPO, ["--keep_all_activations"]))
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in variants}
     for r in range(args.rounds):
         order = variants if r % 2 == 0 else variants[::-1]
@@ -284,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--precision", default="32", choices=("32", "bf16-mixed"), help="Lightning precision")
     parser.add_argument("--use_checkpoint", action="store_true", help="the configs' activation checkpointing")
+    parser.add_argument("--keep_all_activations", action="store_true",
+                        help="no selective recomputation: autograd keeps every activation (as before it existed)")
     parser.add_argument("--channels_last", action="store_true", help="LPIPS and discriminator weights channels-last")
     parser.add_argument("--compile", action="store_true", help="torch.compile encoder and decoder")
     parser.add_argument("--disc_start", type=int, default=None,
@@ -291,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--baseline", default=None, help="also run the code at this git ref (variant `base`)")
     parser.add_argument("--checkpoint_ab", action="store_true",
                         help="also run this checkout with use_checkpoint: true (variant `ckpt`)")
+    parser.add_argument("--plain_ab", action="store_true",
+                        help="also run this checkout with --keep_all_activations (variant `plain`)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -306,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.config = str(Path(args.config).resolve())
     args.child_argv = [f"--{k}={getattr(args, k)}" for k in CHILD_OPTIONS if getattr(args, k) is not None]
-    args.child_argv += [f"--{k}" for k in ("use_checkpoint", "channels_last", "compile") if getattr(args, k)]
+    args.child_argv += [f"--{k}" for k in ("use_checkpoint", "keep_all_activations", "channels_last", "compile")
+                        if getattr(args, k)]
     parent(args)
     return 0
 
