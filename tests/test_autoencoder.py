@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -197,3 +199,28 @@ def test_training_recomputes_without_changing_gradients_and_keeps_fewer_activati
     assert selective_bytes < 0.7 * plain_bytes
     assert ckpt_bytes < 0.6 * selective_bytes
     print(f"kept {plain_bytes} plain, {selective_bytes} selective, {ckpt_bytes} checkpointed")
+
+
+def test_chunked_v1_1_mode_trains_with_the_plain_gradients():
+    """The v1.1 chunked mode carries stream state from chunk to chunk, which a recomputation would advance twice: in
+    training it keeps every activation, so its gradients are plain autograd's (with and without `use_checkpoint`)."""
+    def grads(use_checkpoint: bool, keep_all: bool) -> dict[str, torch.Tensor]:
+        cfg = tiny_model_config(variant="v1.1")
+        cfg["target"] = "vidtok.models.autoencoder_v1_1.AutoencodingEngine"
+        for part in ("encoder_config", "decoder_config"):
+            cfg["params"][part]["params"] = {**cfg["params"][part]["params"], "use_checkpoint": use_checkpoint}
+        cfg["params"].update(use_tiling=True, t_chunk_enc=4, use_overlap=False)
+        torch.manual_seed(0)
+        model = instantiate_from_config(cfg).train()
+        x = torch.rand(1, 3, 9, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        with keep_all_activations() if keep_all else contextlib.nullcontext():
+            z, _ = model.encode(x, sample=False)
+            model.decode(z).square().mean().backward()
+        return {n: p.grad for n, p in model.named_parameters()}
+
+    plain = grads(False, keep_all=True)
+    for use_checkpoint in (False, True):
+        got = grads(use_checkpoint, keep_all=False)
+        assert got.keys() == plain.keys()
+        for name in plain:
+            assert torch.equal(got[name], plain[name]), (use_checkpoint, name)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from vidtok.modules.causal_conv import CausalConv1d, CausalConv3d, TimeBuffer, pad_time_front
+from vidtok.modules.recompute import stateful_forward
 from vidtok.modules.resample import LinearUpsampleStream, TemporalDownsample, TemporalUpsample
 from vidtok.precision import Precision
 
@@ -64,7 +65,8 @@ class StreamState:
         for m, buf in self.buffers.items():
             m.stream = buf
         try:
-            yield
+            with stateful_forward():
+                yield
         finally:
             for m in self.buffers:
                 m.stream = None

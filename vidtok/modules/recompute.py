@@ -20,6 +20,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 
 _STORED_OPS = frozenset({torch.ops.aten.convolution.default})
 _selective: ContextVar[bool] = ContextVar("vidtok_selective_recompute", default=True)
+_stateless: ContextVar[bool] = ContextVar("vidtok_stateless_forward", default=True)
 
 
 def _store_conv_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
@@ -40,12 +41,23 @@ def keep_all_activations() -> Iterator[None]:
         _selective.reset(token)
 
 
+@contextmanager
+def stateful_forward() -> Iterator[None]:
+    """Inside the block, in this thread, nothing is recomputed: the modules carry stream state from call to call
+    (`vidtok.streaming.StreamState.active`), and a recomputation would update that state a second time."""
+    token = _stateless.set(False)
+    try:
+        yield
+    finally:
+        _stateless.reset(token)
+
+
 def recomputable(training: bool, fn: Callable[..., torch.Tensor], *args: torch.Tensor,
                  whole: bool = False) -> torch.Tensor:
     """`fn(*args)`; when `training` with autograd on, as a selective checkpoint (convolution outputs stored, the rest
     recomputed in backward) or, with `whole`, as a full one (everything recomputed). `fn` must not modify in place a
     convolution's output: the selective checkpoint hands that tensor back to the recomputation."""
-    if not (training and torch.is_grad_enabled()):
+    if not (training and torch.is_grad_enabled() and _stateless.get()):
         return fn(*args)
     if whole:
         return checkpoint(fn, *args, use_reentrant=False)
