@@ -14,7 +14,8 @@ class LiveTensorBytes(TorchDispatchMode):
     """Inside the `with` block, every storage an op allocates is watched; `live_bytes()` sums those still alive.
 
     What autograd keeps for the backward pass, and what a checkpoint stores on the side, are both counted, as they
-    would be by a device allocator; inputs and parameters made before the block are not."""
+    would be by a device allocator. Tensors made before the block are not, unless an op inside it returns a view of
+    one (a reshaped weight): then that storage counts too, alike in every model compared."""
 
     def __init__(self) -> None:
         super().__init__()

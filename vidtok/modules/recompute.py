@@ -11,7 +11,7 @@ copies run again in the backward pass, bit for bit as they ran the first time, s
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from functools import partial
 
@@ -31,25 +31,24 @@ _SELECTIVE = partial(create_selective_checkpoint_contexts, _store_conv_outputs)
 
 
 @contextmanager
-def keep_all_activations() -> Iterator[None]:
+def _switched_off(switch: ContextVar[bool]) -> Iterator[None]:
+    token = switch.set(False)
+    try:
+        yield
+    finally:
+        switch.reset(token)
+
+
+def keep_all_activations() -> AbstractContextManager[None]:
     """Inside the block, in this thread, train as plain autograd would, keeping every activation the backward pass
     reads (to measure what the selective recomputation saves, or to rule it out)."""
-    token = _selective.set(False)
-    try:
-        yield
-    finally:
-        _selective.reset(token)
+    return _switched_off(_selective)
 
 
-@contextmanager
-def stateful_forward() -> Iterator[None]:
+def stateful_forward() -> AbstractContextManager[None]:
     """Inside the block, in this thread, nothing is recomputed: the modules carry stream state from call to call
     (`vidtok.streaming.StreamState.active`), and a recomputation would update that state a second time."""
-    token = _stateless.set(False)
-    try:
-        yield
-    finally:
-        _stateless.reset(token)
+    return _switched_off(_stateless)
 
 
 def recomputable(training: bool, fn: Callable[..., torch.Tensor], *args: torch.Tensor,
