@@ -2,10 +2,12 @@
 
 For a norm → SiLU → conv, autograd would keep the norm's input, the SiLU's input and the conv's (padded) input:
 three activations, two of them the product of elementwise work that takes a few percent of the conv's time to redo.
-The residual blocks, the up- and downsamplers and the output heads therefore run in training as selective
-checkpoints: the outputs of their convolutions are stored, and their norms, activations, interpolations and padding
-copies run again in the backward pass, bit for bit as they ran the first time, so the gradients are unchanged.
-`use_checkpoint: true` recomputes the convolutions of the residual blocks too (:func:`recomputable`'s `whole`).
+The residual blocks (each 2D block with the temporal block after it, as one region), the up- and downsamplers
+and the output heads therefore run in training as selective checkpoints: the outputs of their convolutions are
+stored, and their norms, activations, interpolations, padding copies and residual sums run again in the backward
+pass, bit for bit as they ran the first time, so the gradients are unchanged.
+`use_checkpoint: true` recomputes the convolutions of the residual blocks too (:func:`recomputable`'s `whole`), so
+each pair of blocks keeps only its input.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 _STORED_OPS = frozenset({torch.ops.aten.convolution.default})
 _selective: ContextVar[bool] = ContextVar("vidtok_selective_recompute", default=True)
 _stateless: ContextVar[bool] = ContextVar("vidtok_stateless_forward", default=True)
+# set while a region's own function runs: the regions nested in it run plain, or the backward pass would recompute
+# their work a second time and store their inputs again
+_outside_region: ContextVar[bool] = ContextVar("vidtok_outside_recompute_region", default=True)
 
 
 def _store_conv_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
@@ -51,15 +56,24 @@ def stateful_forward() -> AbstractContextManager[None]:
     return _switched_off(_stateless)
 
 
+def _region(fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+    token = _outside_region.set(False)
+    try:
+        return fn(*args)
+    finally:
+        _outside_region.reset(token)
+
+
 def recomputable(training: bool, fn: Callable[..., torch.Tensor], *args: torch.Tensor,
                  whole: bool = False) -> torch.Tensor:
     """`fn(*args)`; when `training` with autograd on, as a selective checkpoint (convolution outputs stored, the rest
-    recomputed in backward) or, with `whole`, as a full one (everything recomputed). `fn` must not modify in place a
-    convolution's output: the selective checkpoint hands that tensor back to the recomputation."""
-    if not (training and torch.is_grad_enabled() and _stateless.get()):
+    recomputed in backward) or, with `whole`, as a full one (everything recomputed). Called inside another such
+    region, `fn` runs plain: the outer region decides what is kept. `fn` must not modify in place a convolution's
+    output: the selective checkpoint hands that tensor back to the recomputation."""
+    if not (training and torch.is_grad_enabled() and _stateless.get() and _outside_region.get()):
         return fn(*args)
     if whole:
-        return checkpoint(fn, *args, use_reentrant=False)
+        return checkpoint(_region, fn, *args, use_reentrant=False)
     if not _selective.get():
         return fn(*args)
-    return checkpoint(fn, *args, use_reentrant=False, context_fn=_SELECTIVE)
+    return checkpoint(_region, fn, *args, use_reentrant=False, context_fn=_SELECTIVE)

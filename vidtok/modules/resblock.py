@@ -8,6 +8,8 @@ count changes). No timestep embedding: VidTok's `temb_ch` is always 0.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -128,7 +130,14 @@ def make_conv3d(
 
 
 def spatial_temporal(x: torch.Tensor, spatial: ResnetBlock2D, temporal: ResnetBlock1D) -> torch.Tensor:
-    """The factorised block: `spatial` on every frame, then `temporal` along time. `[B, C, T, H, W]` in and out."""
-    B = x.shape[0]
-    x = batch_to_time(spatial(time_to_batch(x)), B)  # [B*T, C, H, W] -> [B, C, T, H, W]
+    """The factorised block: `spatial` on every frame, then `temporal` along time. `[B, C, T, H, W]` in and out.
+
+    In training the pair is one recomputed region: the temporal block's input, the spatial block's output, is then
+    recomputed in the backward pass instead of kept."""
+    return recomputable(spatial.training, partial(_spatial_then_temporal, spatial, temporal), x,
+                        whole=spatial.use_checkpoint)
+
+
+def _spatial_then_temporal(spatial: ResnetBlock2D, temporal: ResnetBlock1D, x: torch.Tensor) -> torch.Tensor:
+    x = batch_to_time(spatial(time_to_batch(x)), x.shape[0])  # [B*T, C, H, W] -> [B, C, T, H, W]
     return temporal(x)
