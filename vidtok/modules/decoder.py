@@ -88,7 +88,7 @@ class VideoDecoder(nn.Module):
                 )
                 block_in = block_out
             if i in self.spatial_us:
-                up.upsample = SpatialUpsample(block_in)
+                up.upsample = SpatialUpsample(block_in, use_checkpoint=use_checkpoint)
             up_levels.insert(0, up)
         self.up = nn.ModuleList(up_levels)
 
@@ -110,7 +110,7 @@ class VideoDecoder(nn.Module):
             if i in self.tempo_us:
                 up_temporal.upsample = TemporalUpsample(
                     width, causal=causal, time_pad_mode=pad_mode, interpolation_mode=interpolation_mode,
-                    num_temp_upsample=num_temp_upsample,
+                    num_temp_upsample=num_temp_upsample, use_checkpoint=use_checkpoint,
                 )
                 num_temp_upsample *= 2
             temporal_levels_modules.insert(0, up_temporal)

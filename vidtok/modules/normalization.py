@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .recompute import in_whole_region
+
 NormScope = Literal["frame", "clip", "pixel"]
 
 
@@ -50,8 +52,34 @@ class ScopedGroupNorm(nn.GroupNorm):
 
 def norm_silu(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`silu(norm(x))`. Without autograd the SiLU runs in place on the norm's fresh output: on CPU, allocating
-    another activation-sized tensor (page faults on fresh memory) costs several times the SiLU itself."""
+    another activation-sized tensor (page faults on fresh memory) costs several times the SiLU itself. Inside a
+    full checkpoint, whose recomputation holds all that the region saves at once, it saves only `x`."""
+    if torch.is_grad_enabled() and in_whole_region():
+        return _NormSiLUSavingInput.apply(norm, x, *norm.parameters())
     return F.silu(norm(x), inplace=not torch.is_grad_enabled())
+
+
+class _NormSiLUSavingInput(torch.autograd.Function):
+    """`silu(norm(x))` that saves `x` alone; the backward pass recomputes the norm and the SiLU and differentiates
+    them as autograd would have, so the gradients are bit-equal to plain autograd's."""
+
+    @staticmethod
+    def forward(ctx, norm: nn.Module, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ctx.norm = norm
+        ctx.save_for_backward(x)
+        return F.silu(norm(x))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (x,) = ctx.saved_tensors
+        params = list(ctx.norm.parameters())
+        wanted = [x, *params]
+        with torch.enable_grad():
+            x = wanted[0] = x.detach().requires_grad_()
+            y = F.silu(ctx.norm(x))
+        needs = ctx.needs_input_grad[1:]
+        grads = iter(torch.autograd.grad(y, [t for t, n in zip(wanted, needs, strict=True) if n], grad))
+        return (None, *(next(grads) if n else None for n in needs))
 
 
 def make_norm(num_channels: int, norm_type: str, scope: NormScope = "frame") -> nn.Module:

@@ -23,9 +23,8 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 _STORED_OPS = frozenset({torch.ops.aten.convolution.default})
 _selective: ContextVar[bool] = ContextVar("vidtok_selective_recompute", default=True)
 _stateless: ContextVar[bool] = ContextVar("vidtok_stateless_forward", default=True)
-# set while a region's own function runs: the regions nested in it run plain, or the backward pass would recompute
-# their work a second time and store their inputs again
-_outside_region: ContextVar[bool] = ContextVar("vidtok_outside_recompute_region", default=True)
+# the kind of region ("whole" or "selective") whose function is running; None outside any
+_enclosing: ContextVar[str | None] = ContextVar("vidtok_enclosing_recompute_region", default=None)
 
 
 def _store_conv_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
@@ -56,12 +55,18 @@ def stateful_forward() -> AbstractContextManager[None]:
     return _switched_off(_stateless)
 
 
-def _region(fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
-    token = _outside_region.set(False)
+def in_whole_region() -> bool:
+    """Whether a full checkpoint's function (`recomputable(..., whole=True)`) is running: what it saves for the
+    backward pass is dropped after the forward pass and held all at once while the region is recomputed."""
+    return _enclosing.get() == "whole"
+
+
+def _region(kind: str, fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+    token = _enclosing.set(kind)
     try:
         return fn(*args)
     finally:
-        _outside_region.reset(token)
+        _enclosing.reset(token)
 
 
 def recomputable(training: bool, fn: Callable[..., torch.Tensor], *args: torch.Tensor,
@@ -70,10 +75,10 @@ def recomputable(training: bool, fn: Callable[..., torch.Tensor], *args: torch.T
     recomputed in backward) or, with `whole`, as a full one (everything recomputed). Called inside another such
     region, `fn` runs plain: the outer region decides what is kept. `fn` must not modify in place a convolution's
     output: the selective checkpoint hands that tensor back to the recomputation."""
-    if not (training and torch.is_grad_enabled() and _stateless.get() and _outside_region.get()):
+    if not (training and torch.is_grad_enabled() and _stateless.get()) or _enclosing.get() is not None:
         return fn(*args)
     if whole:
-        return checkpoint(_region, fn, *args, use_reentrant=False)
+        return checkpoint(_region, "whole", fn, *args, use_reentrant=False)
     if not _selective.get():
         return fn(*args)
-    return checkpoint(_region, fn, *args, use_reentrant=False, context_fn=_SELECTIVE)
+    return checkpoint(_region, "selective", fn, *args, use_reentrant=False, context_fn=_SELECTIVE)

@@ -28,14 +28,17 @@ class SpatialDownsample(nn.Module):
 
 
 class SpatialUpsample(nn.Module):
-    """×2 in H and W on `[N, C, H, W]`: nearest neighbour (in fp32, as the original), then a 3×3 conv."""
+    """×2 in H and W on `[N, C, H, W]`: nearest neighbour (in fp32, as the original), then a 3×3 conv.
 
-    def __init__(self, channels: int):
+    With `use_checkpoint` training keeps the input, a quarter of the conv's output, and recomputes the conv."""
+
+    def __init__(self, channels: int, use_checkpoint: bool = False):
         super().__init__()
         self.conv = FastConv2d(channels, channels, 3, padding=1)
+        self.use_checkpoint = use_checkpoint
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return recomputable(self.training, self._forward, x)
+        return recomputable(self.training, self._forward, x, whole=self.use_checkpoint)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x.float(), scale_factor=2.0, mode="nearest").to(x.dtype))
@@ -95,7 +98,8 @@ class TemporalUpsample(_AlphaBlend):
     `nearest` (v1.0, non-causal) repeats each frame. `trilinear` (v1.1) interpolates linearly in time
     (align_corners=False, edges clamped), except that the first `num_temp_upsample` frames are interpolated apart
     from the rest: they are the frames that the causal encoder built from the first input frame, and this keeps
-    them from blending with later ones.
+    them from blending with later ones. With `use_checkpoint` training keeps the input, half the size of what the
+    conv makes, and recomputes the conv.
     """
 
     def __init__(
@@ -107,8 +111,10 @@ class TemporalUpsample(_AlphaBlend):
         time_pad_mode: TimePadMode = "constant",
         interpolation_mode: str = "nearest",
         num_temp_upsample: int = 1,
+        use_checkpoint: bool = False,
     ):
         super().__init__(mix_factor)
+        self.use_checkpoint = use_checkpoint
         if interpolation_mode not in ("nearest", "trilinear"):
             raise ValueError(f"interpolation_mode must be 'nearest' or 'trilinear', got {interpolation_mode!r}")
         self.interpolation_mode = interpolation_mode
@@ -127,7 +133,7 @@ class TemporalUpsample(_AlphaBlend):
         return torch.cat(up, dim=2) if len(up) > 1 else up[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return recomputable(self.training, self._forward, x)
+        return recomputable(self.training, self._forward, x, whole=self.use_checkpoint)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.upsample_time(x)
