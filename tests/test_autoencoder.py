@@ -169,7 +169,8 @@ def test_loss_is_not_built_for_inference():
 def test_training_recomputes_without_changing_gradients_and_keeps_fewer_activations(causal):
     """In training the residual blocks store their conv outputs and recompute norms, SiLU and padding in the
     backward pass: gradients bit-equal to plain autograd's, with far fewer bytes kept between forward and backward.
-    `use_checkpoint: true` recomputes whole blocks: the same gradients, and fewer bytes still."""
+    `use_checkpoint: true` recomputes whole pairs of blocks and the up-samplers: the same gradients bit for bit (the
+    recomputed convolutions round alike), and fewer bytes still."""
     def build(use_checkpoint: bool) -> torch.nn.Module:
         cfg = tiny_model_config(causal)
         cfg["params"]["encoder_config"]["params"] = {**cfg["params"]["encoder_config"]["params"],
@@ -195,9 +196,9 @@ def test_training_recomputes_without_changing_gradients_and_keeps_fewer_activati
     assert plain.keys() == selective.keys() == ckpt.keys()
     for name in plain:
         assert torch.equal(selective[name], plain[name]), name
-        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
+        assert torch.equal(ckpt[name], plain[name]), name
     assert selective_bytes < 0.7 * plain_bytes
-    assert ckpt_bytes < 0.6 * selective_bytes
+    assert ckpt_bytes < 0.45 * selective_bytes
     print(f"kept {plain_bytes} plain, {selective_bytes} selective, {ckpt_bytes} checkpointed")
 
 
