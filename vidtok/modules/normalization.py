@@ -72,13 +72,12 @@ class _NormSiLUSavingInput(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (x,) = ctx.saved_tensors
-        params = list(ctx.norm.parameters())
-        wanted = [x, *params]
         with torch.enable_grad():
-            x = wanted[0] = x.detach().requires_grad_()
+            x = x.detach().requires_grad_()
             y = F.silu(ctx.norm(x))
         needs = ctx.needs_input_grad[1:]
-        grads = iter(torch.autograd.grad(y, [t for t, n in zip(wanted, needs, strict=True) if n], grad))
+        inputs = [x, *ctx.norm.parameters()]
+        grads = iter(torch.autograd.grad(y, [t for t, n in zip(inputs, needs, strict=True) if n], grad))
         return (None, *(next(grads) if n else None for n in needs))
 
 
