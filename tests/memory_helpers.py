@@ -20,6 +20,7 @@ class LiveTensorBytes(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self._watched: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.peak_bytes = 0  # the most bytes alive right after any op inside the block
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -29,9 +30,13 @@ class LiveTensorBytes(TorchDispatchMode):
                 seen = self._watched.get(storage.data_ptr())
                 if seen is None or seen[0].expired():  # a freed storage's address may be handed out again
                     self._watched[storage.data_ptr()] = (StorageWeakRef(storage), storage.nbytes())
+        self.peak_bytes = max(self.peak_bytes, self._alive())
         return out
+
+    def _alive(self) -> int:
+        return sum(n for ref, n in self._watched.values() if not ref.expired())
 
     def live_bytes(self) -> int:
         gc.collect()
         self._watched = {k: v for k, v in self._watched.items() if not v[0].expired()}
-        return sum(n for _, n in self._watched.values())
+        return self._alive()

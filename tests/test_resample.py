@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vidtok.modules.resample import TemporalDownsample, TemporalUpsample, repeat_frames
+from tests.memory_helpers import LiveTensorBytes
+from vidtok.modules import resample
+from vidtok.modules.resample import TemporalDownsample, TemporalUpsample, _LerpReleasingInputs, repeat_frames
 
 
 @pytest.mark.parametrize("layout", [torch.channels_last_3d, torch.contiguous_format])
@@ -43,3 +45,46 @@ def test_upsample_blend_is_alpha_weighted_sum() -> None:
         alpha = torch.sigmoid(module.mix_factor)
         expected = alpha * up + (1 - alpha) * module.conv(up)
         torch.testing.assert_close(module(x), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", [torch.channels_last_3d, torch.contiguous_format])
+@pytest.mark.parametrize("needs", [(True, True, True), (True, False, True), (True, True, False)])
+def test_releasing_lerp_gives_autograd_lerp_gradients_bit_for_bit(
+    layout: torch.memory_format, needs: tuple[bool, bool, bool]
+) -> None:
+    torch.manual_seed(0)
+    inputs = [torch.randn(1, 16, 5, 6, 7).contiguous(memory_format=layout) for _ in range(2)] + [torch.tensor([2.0])]
+    grad_out = torch.randn(1, 16, 5, 6, 7).contiguous(memory_format=layout)
+    results = []
+    for lerp in (torch.lerp, _LerpReleasingInputs.apply):
+        leaves = [t.clone().requires_grad_(n) for t, n in zip(inputs, needs, strict=True)]
+        start, end, mix = leaves
+        out = lerp(start * 1, end * 1, torch.sigmoid(mix))
+        out.backward(grad_out)
+        results.append([out, *(t.grad for t in leaves if t.requires_grad)])
+    for ours, autograd in zip(*results, strict=True):
+        assert torch.equal(ours, autograd)
+
+
+def test_checkpointed_upsampler_backward_peaks_two_activations_lower(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside a full checkpoint the blend's saved inputs are released before its input gradients are made."""
+    torch.manual_seed(0)
+    module = TemporalUpsample(8, causal=True, use_checkpoint=True).train()
+    x0 = torch.randn(1, 8, 4, 16, 16)
+    activation = 2 * x0.numel() * x0.element_size()  # one tensor at the output's size (twice the frames)
+
+    def backward_peak() -> tuple[int, list[torch.Tensor]]:
+        module.zero_grad(set_to_none=True)
+        x = x0.clone().requires_grad_()
+        out = module(x)
+        grad_out = torch.ones_like(out)
+        with LiveTensorBytes() as memory:
+            out.backward(grad_out)
+        return memory.peak_bytes, [x.grad, *(p.grad for p in module.parameters())]
+
+    peak, grads = backward_peak()
+    with monkeypatch.context() as patch:
+        patch.setattr(resample._LerpReleasingInputs, "apply", torch.lerp)
+        autograd_peak, autograd_grads = backward_peak()
+    assert all(torch.equal(a, b) for a, b in zip(grads, autograd_grads, strict=True))
+    assert autograd_peak - peak >= 1.5 * activation, (peak, autograd_peak, activation)
