@@ -519,20 +519,37 @@ def test_lightning_targets_devices_and_precision(caplog: pytest.LogCaptureFixtur
 # --- host synchronisation --------------------------------------------------------------------------------------------
 
 
-def test_training_step_and_ema_never_read_a_tensor_back_to_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a GPU every `.item()`, `float()`, `int()` or `bool()` of a tensor waits for all queued work, so the step
-    (LeCAM's EMAs, the EMA's warm-up, the optimisers) and the skipped-video count between logs must run on tensor
-    operations only: here each of them raises while a tiny model trains two batches in the GAN phase with an EMA."""
-    import lightning.pytorch as pl
-
+def tiny_gan_model(ema_decay: float | None = None) -> Any:
+    """The tiny KL model (ch=16, random LPIPS weights) with the GAN terms on from the first batch."""
     config = OmegaConf.load(TINY_KL).model
     config.params.encoder_config.params.ch = 16
     config.params.loss_config.params.disc_start = 0
-    config.params.ema_decay = 0.999
+    if ema_decay is not None:
+        config.params.ema_decay = ema_decay
     torch.manual_seed(0)
     model = instantiate_from_config(config)
     model.learning_rate = 1e-4
     model.build_loss(lpips_pretrained=False)
+    return model
+
+
+def fit_two_batches(model: Any, callbacks: list[Callback]) -> Any:
+    """Train `model` on two batches of one random 9×32×32 clip in this process; returns the Trainer."""
+    import lightning.pytorch as pl
+
+    clip = torch.rand(3, 9, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    trainer = pl.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         log_every_n_steps=50, callbacks=callbacks)
+    trainer.fit(model, torch.utils.data.DataLoader([{"jpg": clip, "num_skipped": 1}] * 2, batch_size=1))
+    return trainer
+
+
+def test_training_step_and_ema_never_read_a_tensor_back_to_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU every `.item()`, `float()`, `int()` or `bool()` of a tensor waits for all queued work, so the step
+    (LeCAM's EMAs, the EMA's warm-up, the optimisers) and the skipped-video count between logs must run on tensor
+    operations only: here each of them raises while a tiny model trains two batches in the GAN phase with an EMA."""
+    model = tiny_gan_model(ema_decay=0.999)
 
     def host_read(self: torch.Tensor, *args: Any) -> Any:
         raise AssertionError("a tensor was read back to the host inside the training step")
@@ -549,14 +566,25 @@ def test_training_step_and_ema_never_read_a_tensor_back_to_the_host(monkeypatch:
     monkeypatch.setattr(model, "on_train_batch_end", without_host_reads(model.on_train_batch_end))
     monitor = SkippedVideosMonitor()
     monkeypatch.setattr(monitor, "on_train_batch_end", without_host_reads(monitor.on_train_batch_end))
-    clip = torch.rand(3, 9, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    trainer = pl.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         log_every_n_steps=50, callbacks=[monitor])
-    trainer.fit(model, torch.utils.data.DataLoader([{"jpg": clip, "num_skipped": 1}] * 2, batch_size=1))
+    trainer = fit_two_batches(model, [monitor])
     assert trainer.global_step == 4
     assert int(model.model_ema.num_updates) == 2
     assert float(model.loss.lecam_ema.logits_real_ema) != 0.0
     logged = trainer.logged_metrics
     assert math.isfinite(float(logged["train/lecam_loss_step"])) and float(logged["train/d_weight_step"]) > 0
     assert float(monitor.local_count) == 2
+
+
+def test_last_batch_gradients_are_freed_before_the_next_forward() -> None:
+    """A batch's gradients, as large as the weights, are not carried through the next batch's forward pass and
+    adaptive weight, where every activation is held too; both backward passes still give every trainable
+    parameter its gradient."""
+    model = tiny_gan_model()
+    held_at_forward: list[list[str]] = []
+    model.encoder.register_forward_pre_hook(
+        lambda module, args: held_at_forward.append([n for n, p in model.named_parameters() if p.grad is not None]))
+    fit_two_batches(model, [])
+    assert held_at_forward == [[], []]
+    trained = {id(p) for p in [*model.get_autoencoder_params(), *model.get_discriminator_params()]}
+    without_grad = [n for n, p in model.named_parameters() if id(p) in trained and p.grad is None]
+    assert not without_grad, f"no gradient after the last batch: {without_grad}"

@@ -157,16 +157,20 @@ class TrainingMixin:
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         """One batch: an autoencoder step then a discriminator step. Returns the detached losses and the loss's log
         (what `on_train_batch_end` callbacks receive as `outputs`)."""
+        opt_g, opt_d = self.optimizers()
+        # The last batch's gradients are read by nothing before this batch's backward passes: freeing them before
+        # the forward (the original freed them just before each backward) keeps them out of the step's peak memory,
+        # which comes in the adaptive weight's pass, with every activation still saved.
+        opt_g.zero_grad()
+        opt_d.zero_grad()
         x = self.get_input(batch)
         _, xrec, reg_log = self(x)
-        opt_g, opt_d = self.optimizers()
 
         # autoencoder (generator) step: optimizer_idx 0
         self.toggle_optimizer(opt_g)
         aeloss, log_ae = self.loss(
             reg_log, x, xrec, 0, self.global_step, last_layer=self.get_last_layer(), split="train"
         )
-        opt_g.zero_grad()
         self.manual_backward(aeloss)
         torch.nn.utils.clip_grad_norm_(self.get_autoencoder_params(), GRAD_CLIP_NORM)
         opt_g.step()
@@ -177,7 +181,6 @@ class TrainingMixin:
         discloss, log_disc = self.loss(
             reg_log, x, xrec, 1, self.global_step, last_layer=self.get_last_layer(), split="train"
         )
-        opt_d.zero_grad()
         self.manual_backward(discloss)
         torch.nn.utils.clip_grad_norm_(self.get_discriminator_params(), GRAD_CLIP_NORM)
         opt_d.step()
