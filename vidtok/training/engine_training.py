@@ -159,8 +159,8 @@ class TrainingMixin:
         (what `on_train_batch_end` callbacks receive as `outputs`)."""
         opt_g, opt_d = self.optimizers()
         # The last batch's gradients are read by nothing before this batch's backward passes: freeing them before
-        # the forward (the original freed them just before each backward) keeps them out of the step's peak memory,
-        # which comes in the adaptive weight's pass, with every activation still saved.
+        # the forward (the original freed them just before each backward) keeps them out of the forward pass and the
+        # adaptive weight's pass, where every activation is still saved and the step's memory peaks.
         opt_g.zero_grad()
         opt_d.zero_grad()
         x = self.get_input(batch)
