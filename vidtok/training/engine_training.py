@@ -160,7 +160,7 @@ class TrainingMixin:
         opt_g, opt_d = self.optimizers()
         # The last batch's gradients are read by nothing before this batch's backward passes: freeing them before
         # the forward (the original freed them just before each backward) keeps them out of the forward pass and the
-        # adaptive weight's pass, where every activation is still saved and the step's memory peaks.
+        # adaptive weight's pass, which hold every saved activation.
         opt_g.zero_grad()
         opt_d.zero_grad()
         x = self.get_input(batch)
