@@ -169,8 +169,9 @@ def test_loss_is_not_built_for_inference():
 def test_training_recomputes_without_changing_gradients_and_keeps_fewer_activations(causal):
     """In training the residual blocks store their conv outputs and recompute norms, SiLU and padding in the
     backward pass: gradients bit-equal to plain autograd's, with far fewer bytes kept between forward and backward.
-    `use_checkpoint: true` recomputes whole pairs of blocks and the up-samplers: the same gradients bit for bit (the
-    recomputed convolutions round alike), and fewer bytes still."""
+    `use_checkpoint: true` recomputes whole pairs of blocks and the up-samplers, and runs levels as stages that keep
+    only their input: the same gradients bit for bit (the recomputed convolutions round alike), and fewer bytes
+    still (0.36x of the selective path's with pairs alone, 0.23x with the stages)."""
     def build(use_checkpoint: bool) -> torch.nn.Module:
         cfg = tiny_model_config(causal)
         cfg["params"]["encoder_config"]["params"] = {**cfg["params"]["encoder_config"]["params"],
@@ -198,7 +199,7 @@ def test_training_recomputes_without_changing_gradients_and_keeps_fewer_activati
         assert torch.equal(selective[name], plain[name]), name
         assert torch.equal(ckpt[name], plain[name]), name
     assert selective_bytes < 0.7 * plain_bytes
-    assert ckpt_bytes < 0.45 * selective_bytes
+    assert ckpt_bytes < 0.3 * selective_bytes
     print(f"kept {plain_bytes} plain, {selective_bytes} selective, {ckpt_bytes} checkpointed")
 
 

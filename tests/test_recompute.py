@@ -3,12 +3,14 @@ checkpoint, which saves only its input and still gives plain autograd's gradient
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 from torch.autograd.graph import saved_tensors_hooks
 
 from vidtok.modules.normalization import make_norm, norm_silu
-from vidtok.modules.recompute import in_whole_region, recomputable
+from vidtok.modules.recompute import in_whole_region, recomputable, recomputable_stage
 
 
 def test_in_whole_region_only_while_a_full_checkpoint_runs_its_function() -> None:
@@ -27,6 +29,42 @@ def test_in_whole_region_only_while_a_full_checkpoint_runs_its_function() -> Non
     # a checkpoint runs its function twice: the forward pass, then the recomputation in the backward pass
     assert seen == [("whole", True)] * 2 + [("selective", False)] * 2 + [("eval", False)]
     assert not in_whole_region()
+
+
+def test_a_stage_keeps_its_input_alone_and_its_regions_still_checkpoint() -> None:
+    """Until the backward pass the stage holds neither the regions' inputs nor their activations; then it runs again
+    and each region is recomputed from its own input, with plain autograd's gradients."""
+    calls = {"stage": 0, "region": 0}
+    inner_inputs: list[weakref.ref] = []
+
+    def region(h: torch.Tensor) -> torch.Tensor:
+        calls["region"] += 1
+        return (h * 1.5).sin() * h
+
+    def stage(x: torch.Tensor) -> torch.Tensor:
+        calls["stage"] += 1
+        h = recomputable(True, region, x.exp(), whole=True)
+        inner_inputs.append(weakref.ref(h))
+        return recomputable(True, region, h, whole=True)
+
+    x0 = torch.randn(64)
+    x = x0.clone().requires_grad_()
+    out = recomputable_stage(True, stage, x)
+    assert inner_inputs[0]() is None  # the second region's input went with the forward pass
+    out.sum().backward()
+    # the stage runs twice, the first region three times (forward, the stage's recomputation, its own) and the last
+    # one twice: the stage's recomputation stops as soon as it has the last region's input back
+    assert calls == {"stage": 2, "region": 5}
+
+    plain = x0.clone().requires_grad_()
+    with torch.no_grad():
+        assert torch.equal(out, stage(plain))
+    stage(plain).sum().backward()
+    assert torch.equal(x.grad, plain.grad)
+
+    calls.update(stage=0, region=0)
+    recomputable_stage(False, stage, x0.clone().requires_grad_()).sum().backward()
+    assert calls == {"stage": 1, "region": 4}  # off: the regions checkpoint as they would anywhere else
 
 
 @pytest.mark.parametrize("norm_type", ["layernorm", "groupnorm"])

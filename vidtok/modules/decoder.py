@@ -16,7 +16,7 @@ from torch import nn
 from .attention import FrameAttention
 from .causal_conv import TimePadMode
 from .normalization import make_norm, norm_silu
-from .recompute import recomputable
+from .recompute import recomputable, recomputable_stage
 from .resample import SpatialUpsample, TemporalUpsample
 from .resblock import ResnetBlock1D, ResnetBlock2D, ResnetBlock3D, make_conv3d, spatial_temporal
 from .reshape import batch_to_time, channels_last, time_to_batch
@@ -61,6 +61,7 @@ class VideoDecoder(nn.Module):
         self.give_pre_end = give_pre_end
         self.tanh_out = tanh_out
         self.fix_decoder = fix_decoder
+        self.use_checkpoint = use_checkpoint
         self.spatial_us, self.tempo_us = resampling_levels(
             layout, spatial_us, tempo_us, (list(range(1, L)), [1, 2]), time_downsample_factor,
             ("spatial_us", "tempo_us"), resamp_with_conv,
@@ -141,22 +142,28 @@ class VideoDecoder(nn.Module):
 
     def forward_frames(self, z: torch.Tensor) -> torch.Tensor:
         """The network without the v1.0 output crop (streaming crops once, at the start of the video)."""
-        B = z.shape[0]
         z = channels_last(z)
         h = self.conv_in(z)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        # with use_checkpoint every level but the last is a stage; the last one's backward pass is the first to run,
+        # so as a stage it would be recomputed at once and hold as much as it does now
         for i in reversed(range(self.num_resolutions)):
-            up, up_temporal = self.up[i], self.up_temporal[i]
-            for spatial, temporal in zip(up.block, up_temporal.block, strict=True):
-                h = spatial_temporal(h, spatial, temporal)
-            if i in self.spatial_us:
-                h = batch_to_time(up.upsample(time_to_batch(h)), B)
-                if i in self.tempo_us:
-                    h = up_temporal.upsample(h)
+            h = recomputable_stage(self.training and self.use_checkpoint and i > 0, self._level, i, h)
         if self.give_pre_end:
             return h
         h = recomputable(self.training, self._head, h).contiguous()
         return torch.tanh(h) if self.tanh_out else h
+
+    def _level(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """Level `i`'s blocks and upsamplers."""
+        up, up_temporal = self.up[i], self.up_temporal[i]
+        for spatial, temporal in zip(up.block, up_temporal.block, strict=True):
+            h = spatial_temporal(h, spatial, temporal)
+        if i in self.spatial_us:
+            h = batch_to_time(up.upsample(time_to_batch(h)), h.shape[0])
+            if i in self.tempo_us:
+                h = up_temporal.upsample(h)
+        return h
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         return self.conv_out(norm_silu(self.norm_out, h))

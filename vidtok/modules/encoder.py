@@ -17,7 +17,7 @@ from torch import nn
 from .attention import FrameAttention
 from .causal_conv import TimePadMode, pad_time_front
 from .normalization import make_norm, norm_silu
-from .recompute import recomputable
+from .recompute import recomputable, recomputable_stage
 from .resample import SpatialDownsample, TemporalDownsample
 from .resblock import ResnetBlock1D, ResnetBlock2D, ResnetBlock3D, make_conv3d, spatial_temporal
 from .reshape import batch_to_time, channels_last, time_to_batch
@@ -62,6 +62,7 @@ class VideoEncoder(nn.Module):
         self.z_channels = z_channels
         self.init_pad_mode = init_pad_mode
         self.fix_encoder = fix_encoder
+        self.use_checkpoint = use_checkpoint
         self.spatial_ds, self.tempo_ds = resampling_levels(
             layout, spatial_ds, tempo_ds, (list(range(L - 1)), [L - 2, L - 3]), time_downsample_factor,
             ("spatial_ds", "tempo_ds"), resamp_with_conv,
@@ -120,18 +121,26 @@ class VideoEncoder(nn.Module):
 
     def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
         """The network without the input padding (streaming pads once, at the start of the video)."""
-        B = x.shape[0]
-        x = channels_last(x)
-        h = self.conv_in(x)
-        for i, (down, down_temporal) in enumerate(zip(self.down, self.down_temporal, strict=True)):
-            for spatial, temporal in zip(down.block, down_temporal.block, strict=True):
-                h = spatial_temporal(h, spatial, temporal)
-            if i in self.spatial_ds:
-                h = batch_to_time(down.downsample(time_to_batch(h)), B)
-                if i in self.tempo_ds:
-                    h = down_temporal.downsample(h)
+        h = channels_last(x)
+        # with use_checkpoint each level is a stage: the decoder's whole backward pass runs before the encoder's, so
+        # what the encoder keeps for its own is held all that time
+        for i in range(self.num_resolutions):
+            h = recomputable_stage(self.training and self.use_checkpoint, self._level, i, h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         return recomputable(self.training, self._head, h).contiguous()
+
+    def _level(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """Level `i`'s blocks and downsamplers (after `conv_in` at the first)."""
+        if i == 0:
+            h = self.conv_in(h)
+        down, down_temporal = self.down[i], self.down_temporal[i]
+        for spatial, temporal in zip(down.block, down_temporal.block, strict=True):
+            h = spatial_temporal(h, spatial, temporal)
+        if i in self.spatial_ds:
+            h = batch_to_time(down.downsample(time_to_batch(h)), h.shape[0])
+            if i in self.tempo_ds:
+                h = down_temporal.downsample(h)
+        return h
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         return self.conv_out(norm_silu(self.norm_out, h))

@@ -7,7 +7,8 @@ and the output heads therefore run in training as selective checkpoints: the out
 stored, and their norms, activations, interpolations, padding copies and residual sums run again in the backward
 pass, bit for bit as they ran the first time, so the gradients are unchanged.
 `use_checkpoint: true` recomputes the convolutions of the residual blocks too (:func:`recomputable`'s `whole`), so
-each pair of blocks keeps only its input.
+each pair of blocks keeps only its input, and wraps whole levels of the networks in :func:`recomputable_stage`, so
+each such level keeps only its input until the backward pass reaches it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 _STORED_OPS = frozenset({torch.ops.aten.convolution.default})
 _selective: ContextVar[bool] = ContextVar("vidtok_selective_recompute", default=True)
 _stateless: ContextVar[bool] = ContextVar("vidtok_stateless_forward", default=True)
-# the kind of region ("whole" or "selective") whose function is running; None outside any
+# the kind of region ("whole", "selective" or "stage") whose function is running; None outside any
 _enclosing: ContextVar[str | None] = ContextVar("vidtok_enclosing_recompute_region", default=None)
 
 
@@ -61,7 +62,7 @@ def in_whole_region() -> bool:
     return _enclosing.get() == "whole"
 
 
-def _region(kind: str, fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+def _region(kind: str, fn: Callable[..., torch.Tensor], *args: object) -> torch.Tensor:
     token = _enclosing.set(kind)
     try:
         return fn(*args)
@@ -75,10 +76,21 @@ def recomputable(training: bool, fn: Callable[..., torch.Tensor], *args: torch.T
     recomputed in backward) or, with `whole`, as a full one (everything recomputed). Called inside another such
     region, `fn` runs plain: the outer region decides what is kept. `fn` must not modify in place a convolution's
     output: the selective checkpoint hands that tensor back to the recomputation."""
-    if not (training and torch.is_grad_enabled() and _stateless.get()) or _enclosing.get() is not None:
+    if not (training and torch.is_grad_enabled() and _stateless.get()) or _enclosing.get() not in (None, "stage"):
         return fn(*args)
     if whole:
         return checkpoint(_region, "whole", fn, *args, use_reentrant=False)
     if not _selective.get():
         return fn(*args)
     return checkpoint(_region, "selective", fn, *args, use_reentrant=False, context_fn=_SELECTIVE)
+
+
+def recomputable_stage(enabled: bool, fn: Callable[..., torch.Tensor], *args: object) -> torch.Tensor:
+    """`fn(*args)`; when `enabled` with autograd on, as a full checkpoint inside which the regions of
+    :func:`recomputable` still checkpoint themselves. Until the backward pass reaches it the stage keeps only its
+    input, not the input of every region in it; then it runs once more, keeping those inputs, and each region is
+    recomputed from its own in turn. The price is one more forward pass of `fn`, less its last region: the
+    recomputation stops once it has that region's input back."""
+    if not (enabled and torch.is_grad_enabled() and _stateless.get()) or _enclosing.get() is not None:
+        return fn(*args)
+    return checkpoint(_region, "stage", fn, *args, use_reentrant=False)
