@@ -226,3 +226,27 @@ def test_chunked_v1_1_mode_trains_with_the_plain_gradients():
         assert got.keys() == plain.keys()
         for name in plain:
             assert torch.equal(got[name], plain[name]), (use_checkpoint, name)
+
+
+def test_compiled_model_gives_the_eager_outputs_and_gradients():
+    """`compile_model: true` runs encoder and decoder through torch.compile: the same reconstruction and gradients
+    to float rounding (inductor on CPU once gave the frame attention an output of the wrong shape, which broke
+    every compiled model with attention)."""
+    def run(compile_model: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = tiny_model_config()
+        cfg["params"]["compile_model"] = compile_model
+        torch.manual_seed(0)
+        model = instantiate_from_config(cfg).train()
+        x = clip(9)
+        model.decoder(model.encoder(x)[:, : model.decoder.z_channels]).square().mean().backward()
+        grads = {n: p.grad for n, p in model.named_parameters()}
+        model.eval()
+        with torch.no_grad():
+            return model.decoder(model.encoder(x)[:, : model.decoder.z_channels]), grads
+
+    eager_out, eager_grads = run(False)
+    out, grads = run(True)
+    torch.testing.assert_close(out, eager_out, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == eager_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, eager_grads[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -28,8 +28,10 @@ class FrameAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, T, H, W = x.shape
         h = self.norm(x)
-        # [B, C, T, H, W] -> [B, T, H*W, C]: one attention problem per frame
-        q, k, v = (conv(h).flatten(3).permute(0, 2, 3, 1) for conv in (self.q, self.k, self.v))
+        # [B, C, T, H, W] -> [B, T, H*W, C]: one attention problem per frame. Two transposes rather than the same
+        # view as permute(0, 2, 3, 1), which torch.compile (inductor, torch 2.14, CPU) turned into an attention output
+        # of shape [B, T, C, H*W]
+        q, k, v = (conv(h).flatten(3).transpose(1, 3).transpose(1, 2) for conv in (self.q, self.k, self.v))
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.permute(0, 3, 1, 2).reshape(B, C, T, H, W)
         return x + self.proj_out(out)
