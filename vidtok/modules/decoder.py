@@ -18,8 +18,8 @@ from .causal_conv import TimePadMode
 from .normalization import make_norm, norm_silu
 from .recompute import recomputable, recomputable_stage
 from .resample import SpatialUpsample, TemporalUpsample
-from .resblock import ResnetBlock1D, ResnetBlock2D, ResnetBlock3D, make_conv3d, spatial_temporal
-from .reshape import batch_to_time, channels_last, time_to_batch
+from .resblock import ResnetBlock1D, ResnetBlock2D, ResnetBlock3D, factorised_level, make_conv3d
+from .reshape import channels_last
 from .variant import LAYOUTS, Variant, resampling_levels
 
 
@@ -156,14 +156,8 @@ class VideoDecoder(nn.Module):
 
     def _level(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """Level `i`'s blocks and upsamplers."""
-        up, up_temporal = self.up[i], self.up_temporal[i]
-        for spatial, temporal in zip(up.block, up_temporal.block, strict=True):
-            h = spatial_temporal(h, spatial, temporal)
-        if i in self.spatial_us:
-            h = batch_to_time(up.upsample(time_to_batch(h)), h.shape[0])
-            if i in self.tempo_us:
-                h = up_temporal.upsample(h)
-        return h
+        return factorised_level(h, self.up[i], self.up_temporal[i], "upsample", i in self.spatial_us,
+                                i in self.tempo_us)
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         return self.conv_out(norm_silu(self.norm_out, h))

@@ -19,8 +19,8 @@ from .causal_conv import TimePadMode, pad_time_front
 from .normalization import make_norm, norm_silu
 from .recompute import recomputable, recomputable_stage
 from .resample import SpatialDownsample, TemporalDownsample
-from .resblock import ResnetBlock1D, ResnetBlock2D, ResnetBlock3D, make_conv3d, spatial_temporal
-from .reshape import batch_to_time, channels_last, time_to_batch
+from .resblock import ResnetBlock1D, ResnetBlock2D, ResnetBlock3D, factorised_level, make_conv3d
+from .reshape import channels_last
 from .variant import LAYOUTS, Variant, resampling_levels
 
 
@@ -133,14 +133,8 @@ class VideoEncoder(nn.Module):
         """Level `i`'s blocks and downsamplers (after `conv_in` at the first)."""
         if i == 0:
             h = self.conv_in(h)
-        down, down_temporal = self.down[i], self.down_temporal[i]
-        for spatial, temporal in zip(down.block, down_temporal.block, strict=True):
-            h = spatial_temporal(h, spatial, temporal)
-        if i in self.spatial_ds:
-            h = batch_to_time(down.downsample(time_to_batch(h)), h.shape[0])
-            if i in self.tempo_ds:
-                h = down_temporal.downsample(h)
-        return h
+        return factorised_level(h, self.down[i], self.down_temporal[i], "downsample", i in self.spatial_ds,
+                                i in self.tempo_ds)
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         return self.conv_out(norm_silu(self.norm_out, h))

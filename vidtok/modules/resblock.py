@@ -141,3 +141,17 @@ def spatial_temporal(x: torch.Tensor, spatial: ResnetBlock2D, temporal: ResnetBl
 def _spatial_then_temporal(spatial: ResnetBlock2D, temporal: ResnetBlock1D, x: torch.Tensor) -> torch.Tensor:
     x = batch_to_time(spatial(time_to_batch(x)), x.shape[0])  # [B*T, C, H, W] -> [B, C, T, H, W]
     return temporal(x)
+
+
+def factorised_level(h: torch.Tensor, level: nn.Module, temporal_level: nn.Module, resampler: str,
+                     spatial_resample: bool, temporal_resample: bool) -> torch.Tensor:
+    """One level of the encoder or decoder on `[B, C, T, H, W]`: its factorised blocks (`level.block` with
+    `temporal_level.block`), then, where the level resamples, the spatial resampler (`level.<resampler>`, frame by
+    frame) and the temporal one after it (`temporal_level.<resampler>`)."""
+    for spatial, temporal in zip(level.block, temporal_level.block, strict=True):
+        h = spatial_temporal(h, spatial, temporal)
+    if spatial_resample:
+        h = batch_to_time(getattr(level, resampler)(time_to_batch(h)), h.shape[0])
+        if temporal_resample:
+            h = getattr(temporal_level, resampler)(h)
+    return h
