@@ -1,4 +1,4 @@
-"""FastConv2d / FastConv3d: the Winograd path in inference, PyTorch's direct conv in training, same keys."""
+"""FastConv2d / FastConv3d: the Winograd path in inference and training, PyTorch's direct conv elsewhere, same keys."""
 
 from __future__ import annotations
 
@@ -46,13 +46,63 @@ def test_fast_conv2d_takes_winograd_in_inference(winograd_calls: list) -> None:
     _close(out, expected)
 
 
-def test_fast_conv2d_trains_with_the_direct_kernel(winograd_calls: list) -> None:
+def _train_step(conv: torch.nn.Module, x: torch.Tensor, grad_seed: int = 1) -> list[torch.Tensor]:
+    """Output and the gradients of input, weight and bias for one backward pass of a fixed random output gradient."""
+    x = x.detach().requires_grad_()
+    conv.zero_grad()
+    out = conv(x)
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed)))
+    return [out.detach(), x.grad, conv.weight.grad, conv.bias.grad]
+
+
+@pytest.mark.parametrize(
+    ("conv", "shape"),
+    [
+        (FastConv2d(64, 72, 3, padding=1), (4, 64, 16, 20)),
+        (FastConv3d(64, 80, 3, padding=(0, 1, 1)), (2, 64, 7, 12, 12)),  # as a causal conv runs it
+        (FastConv3d(64, 64, 3, padding=1), (1, 64, 8, 12, 11)),
+    ],
+    ids=["2d", "3d_causal", "3d_centred"],
+)
+def test_fast_convs_train_with_winograd_forward_and_backward(conv: torch.nn.Module, shape: tuple[int, ...],
+                                                             winograd_calls: list) -> None:
+    """In training the output, the input's gradient (a Winograd conv of the output's gradient) and the weight's and
+    bias's gradients are the direct kernel's up to rounding."""
     torch.manual_seed(0)
-    conv = FastConv2d(64, 64, 3, padding=1)
-    x = torch.randn(4, 64, 16, 16, requires_grad=True)
-    conv(x).square().mean().backward()
+    x = channels_last(torch.randn(shape))
+    with fast_conv.direct_convs():
+        expected = _train_step(conv, x)
     assert winograd_calls == []
-    assert x.grad is not None and conv.weight.grad is not None
+    actual = _train_step(conv, x)
+    clips = shape[0] if len(shape) == 5 else 1  # a 2D conv's frames are one clip
+    assert len(winograd_calls) == 2 * clips  # the forward pass and the input's gradient, clip by clip
+    for a, e in zip(actual, expected, strict=True):
+        assert a.shape == e.shape
+        _close(a, e)
+    assert actual[0].is_contiguous(memory_format=channels_last_format(len(shape)))
+
+
+def channels_last_format(ndim: int) -> torch.memory_format:
+    return torch.channels_last_3d if ndim == 5 else torch.channels_last
+
+
+def test_a_gradient_of_a_gradient_takes_the_differentiable_direct_backward(winograd_calls: list) -> None:
+    """create_graph: the backward pass runs PyTorch's own formulas so that it can be differentiated again."""
+    torch.manual_seed(0)
+    conv = FastConv3d(64, 64, 3, padding=(0, 1, 1))
+    x = torch.randn(1, 64, 6, 16, 16, requires_grad=True)
+
+    def penalty_grad() -> tuple[int, torch.Tensor]:
+        (x_grad,) = torch.autograd.grad(conv(x).square().sum(), x, create_graph=True)
+        calls_in_first_order = len(winograd_calls)
+        weight_grad = torch.autograd.grad(x_grad.square().sum(), conv.weight)[0]
+        return calls_in_first_order, weight_grad
+
+    with fast_conv.direct_convs():
+        _, expected = penalty_grad()
+    calls, actual = penalty_grad()
+    assert calls == 1  # the forward pass; the input's gradient came from the direct formulas, kept as a graph
+    _close(actual, expected)
 
 
 def test_small_layers_stay_direct(winograd_calls: list) -> None:

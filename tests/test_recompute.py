@@ -98,3 +98,34 @@ def test_norm_silu_in_a_full_checkpoint_saves_its_input_alone_and_keeps_the_grad
     assert saved == [x0.numel()]
     for got, want in zip(grads, plain_grads, strict=True):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["selective", "whole"])
+def test_a_selective_region_keeps_the_winograd_convs_output(whole: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Winograd op is stored like `aten.convolution`: a selective region does not run it again in the backward
+    pass (a full one does), and the gradients are plain autograd's bit for bit."""
+    from vidtok.kernels import fast_conv
+
+    calls: list[int] = []
+    real = fast_conv.winograd_conv
+    monkeypatch.setattr(fast_conv, "winograd_conv", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    conv = fast_conv.FastConv2d(64, 64, 3, padding=1)
+    x0 = torch.randn(2, 64, 32, 32)
+
+    def block(h: torch.Tensor) -> torch.Tensor:
+        return conv(torch.nn.functional.silu(h * 2))
+
+    def grads(run) -> list[torch.Tensor]:
+        x = x0.clone().requires_grad_()
+        conv.zero_grad()
+        run(x).square().sum().backward()
+        return [x.grad, conv.weight.grad.clone(), conv.bias.grad.clone()]
+
+    plain = grads(block)
+    assert len(calls) == 2  # forward pass, input's gradient
+    calls.clear()
+    region = grads(lambda x: recomputable(True, block, x, whole=whole))
+    assert len(calls) == (3 if whole else 2)
+    for a, b in zip(region, plain, strict=True):
+        assert torch.equal(a, b)

@@ -1,5 +1,5 @@
-"""Winograd F(4×4, 3×3): transformed weights, the banded convolution against PyTorch's direct one, and when it
-applies."""
+"""Winograd F(4×4, 3×3): transformed weights, the banded convolution and weight gradient against PyTorch's direct
+ones, and when it applies."""
 
 from __future__ import annotations
 
@@ -61,26 +61,59 @@ def test_winograd_conv_reads_any_strides_and_writes_into_out() -> None:
     _assert_close_to_direct(out, _reference(x, weight, None, 0))
 
 
-def test_bands_of_rows_and_of_frames_give_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+def _reference_weight_grad(x: torch.Tensor, grad: torch.Tensor, taps: int, time_pad: int) -> torch.Tensor:
+    """The weight gradient of a direct conv of frames `x` `[F, H, W, C]` given the output gradient, in float64."""
+    clip = x.permute(3, 0, 1, 2).unsqueeze(0).double()
+    weight = torch.zeros(grad.shape[-1], x.shape[-1], taps, 3, 3, dtype=torch.float64, requires_grad=True)
+    out = F.conv3d(clip, weight, padding=(time_pad, 1, 1))
+    out.backward(grad.permute(3, 0, 1, 2).unsqueeze(0).double())
+    return weight.grad.float()
+
+
+@pytest.mark.parametrize(
+    ("frames", "height", "width", "taps", "time_pad"),
+    [(3, 8, 8, 1, 0), (5, 13, 18, 3, 0), (4, 7, 5, 3, 1), (3, 4, 4, 3, 0)],
+)
+def test_weight_grad_matches_direct_conv(frames: int, height: int, width: int, taps: int, time_pad: int) -> None:
+    torch.manual_seed(0)
+    clips = [torch.randn(frames, height, width, 6) for _ in range(2)]
+    grads = [torch.randn(frames + 2 * time_pad - taps + 1, height, width, 7) for _ in range(2)]
+    out = winograd.winograd_weight_grad(clips, grads, taps, time_pad)
+    expected = sum(_reference_weight_grad(x, g, taps, time_pad) for x, g in zip(clips, grads, strict=True))
+    assert out.shape == (7, 6, taps, 3, 3)
+    _assert_close_to_direct(out, expected)
+
+
+@pytest.mark.parametrize("weight_grad", [False, True], ids=["conv", "weight_grad"])
+def test_bands_of_rows_and_of_frames_give_the_same_result(weight_grad: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Small workspaces split the work into bands of tile rows, then into chunks of frames; the result is the same."""
     torch.manual_seed(0)
     x = torch.randn(7, 20, 12, 4)
     weight = torch.randn(4, 4, 3, 3, 3)
     bias = torch.randn(4)
-    whole = winograd_conv(x, weight, bias, time_pad=1)
+    grad = torch.randn(7, 20, 12, 4)
+    band_numel = winograd._weight_grad_band_numel if weight_grad else winograd._band_numel
+
+    def run() -> torch.Tensor:
+        if weight_grad:
+            return winograd.winograd_weight_grad([x], [grad], 3, time_pad=1)
+        return winograd_conv(x, weight, bias, time_pad=1)
+
+    whole = run()
     frames_out, tw = 7, 3
-    one_row = winograd._band_numel(frames_out, 1, tw, 3, 4, 4) * 4
+    one_row = band_numel(frames_out, 1, tw, 3, 4, 4) * 4
     for budget, expected_plan in ((2 * one_row, (frames_out, 2)), (one_row // 2, None)):
         monkeypatch.setattr(winograd, "BAND_BYTES", budget)
-        chunk, rows = winograd._plan(frames_out, 5, tw, 3, 4, 4, 4)
+        chunk, rows = winograd._plan(band_numel, frames_out, 5, tw, 3, 4, 4, 4)
         if expected_plan is not None:
             assert (chunk, rows) == expected_plan
         else:
             assert rows == 1 and 1 <= chunk < frames_out
         # GEMMs of other sizes may sum in another order: equal up to rounding
-        banded = winograd_conv(x, weight, bias, time_pad=1)
+        banded = run()
         assert (banded - whole).abs().max().item() <= 1e-5 * whole.abs().max().item()
-    _assert_close_to_direct(whole, _reference(x, weight, bias, 1))
+    expected = _reference_weight_grad(x, grad, 3, 1) if weight_grad else _reference(x, weight, bias, 1)
+    _assert_close_to_direct(whole, expected)
 
 
 def test_workspace_is_reused_across_calls_and_can_be_released() -> None:
@@ -115,7 +148,7 @@ def test_a_workspace_made_under_inference_mode_serves_later_no_grad_calls() -> N
         assert winograd._workspace().buffer.data_ptr() == buffer
 
 
-def test_winograd_applies_only_to_fp32_cpu_inference_of_plain_3x3_kernels() -> None:
+def test_winograd_applies_only_to_fp32_cpu_convs_of_plain_3x3_kernels() -> None:
     conv = torch.nn.Conv2d(64, 64, 3, padding=1)
     x = torch.randn(1, 64, 8, 8)
     with torch.no_grad():
@@ -129,4 +162,4 @@ def test_winograd_applies_only_to_fp32_cpu_inference_of_plain_3x3_kernels() -> N
         assert not winograd_applies(torch.nn.Conv2d(32, 64, 3, padding=1), torch.randn(1, 32, 8, 8))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not winograd_applies(conv, x)
-    assert not winograd_applies(conv, x)  # autograd on: training keeps the direct kernels
+    assert winograd_applies(conv, x)  # with autograd too: the op has a Winograd backward pass

@@ -1,10 +1,11 @@
 """Convolutions with 3×3 spatial kernels that pick their CPU algorithm; same parameters and keys as `nn.Conv2d` /
 `nn.Conv3d`, so checkpoints are unaffected.
 
-Inference in fp32 on CPU runs Winograd F(4×4, 3×3) (`winograd.py`) where the layer has enough output pixels to
-repay transforming its weights on every call (the transformed weights are 4× the weight's size, too much to keep for
-a 157M-parameter model); everything else, training, `torch.compile` and `torch.jit.trace` included, runs PyTorch's
-direct convolution.
+In fp32 on CPU, inference and training alike, they run Winograd F(4×4, 3×3) (`winograd.py`) where the layer has
+enough output pixels to repay transforming its weights on every call (the transformed weights are 4× the weight's
+size, too much to keep for a 157M-parameter model): the op `vidtok::winograd_conv3d`, whose backward pass computes
+the input's gradient as a Winograd convolution too and the weight's in the Winograd domain. Everything else,
+`torch.compile` and `torch.jit.trace` included, runs PyTorch's direct convolution.
 
 Two switches turn the Winograd path off: :func:`set_fast_convs` for the whole process, every thread included
 (`VIDTOK_FAST_CONV=0` in the environment starts the process with it off), and the :func:`direct_convs` block for
@@ -23,7 +24,7 @@ from torch import nn
 
 from vidtok.modules.reshape import channels_last
 
-from .winograd import winograd_applies, winograd_conv
+from .winograd import winograd_applies, winograd_conv, winograd_weight_grad
 
 # below this many output pixels per frame tap the weight transform costs more than Winograd saves
 MIN_WINOGRAD_PIXELS = 1024
@@ -71,14 +72,66 @@ def _use_winograd(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> bool:
     )
 
 
+@torch.library.custom_op("vidtok::winograd_conv3d", mutates_args=())
+def winograd_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, time_pad: int) -> torch.Tensor:
+    """`F.conv3d(x, weight, bias, padding=(time_pad, 1, 1))` for `x` `[B, C_in, T, H, W]` (any strides) and a
+    `[C_out, C_in, k, 3, 3]` weight, by Winograd; returns `[B, C_out, T', H, W]` channels-last.
+
+    An op of its own so that autograd has one node for it (its backward pass below) and the selective
+    recomputation of `vidtok.modules.recompute` can keep its output as it keeps `aten.convolution`'s."""
+    out = x.new_empty(x.shape[0], x.shape[2] + 2 * time_pad - weight.shape[2] + 1, *x.shape[3:], weight.shape[0])
+    for b in range(x.shape[0]):
+        winograd_conv(x[b].permute(1, 2, 3, 0), weight, bias, time_pad=time_pad, out=out[b])
+    return out.permute(0, 4, 1, 2, 3)
+
+
+@winograd_conv3d.register_fake
+def _winograd_conv3d_shape(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                           time_pad: int) -> torch.Tensor:
+    out = x.new_empty(x.shape[0], x.shape[2] + 2 * time_pad - weight.shape[2] + 1, *x.shape[3:], weight.shape[0])
+    return out.permute(0, 4, 1, 2, 3)
+
+
+def _keep_for_backward(ctx, inputs: tuple, output: torch.Tensor) -> None:
+    x, weight, _, time_pad = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.time_pad = time_pad
+
+
+def _winograd_conv3d_backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    x, weight = ctx.saved_tensors
+    pad, needs = ctx.time_pad, ctx.needs_input_grad
+    if torch.is_grad_enabled():
+        # create_graph (a gradient of a gradient): PyTorch's own backward, which is differentiable in turn
+        bias_sizes = [weight.shape[0]] if needs[2] else None
+        grads = torch.ops.aten.convolution_backward(grad, x, weight, bias_sizes, [1, 1, 1], [pad, 1, 1], [1, 1, 1],
+                                                    False, [0, 0, 0], 1, list(needs[:3]))
+        return (*grads, None)
+    taps = weight.shape[2]
+    x_grad = weight_grad = bias_grad = None
+    if needs[0]:
+        # the transposed convolution: flipped kernel, channels swapped, the padding that gives back T frames
+        x_grad = winograd_conv3d(grad, weight.flip(2, 3, 4).transpose(0, 1), None, taps - 1 - pad)
+    if needs[1]:
+        frames = [(x[b].permute(1, 2, 3, 0), grad[b].permute(1, 2, 3, 0)) for b in range(x.shape[0])]
+        weight_grad = winograd_weight_grad(*zip(*frames, strict=True), taps, pad)
+    if needs[2]:
+        bias_grad = grad.sum((0, 2, 3, 4))
+    return x_grad, weight_grad, bias_grad, None
+
+
+winograd_conv3d.register_autograd(_winograd_conv3d_backward, setup_context=_keep_for_backward)
+
+
 class FastConv2d(nn.Conv2d):
     """`nn.Conv2d` on `[N, C, H, W]` (N = B·T frames); returns channels-last on the Winograd path."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _use_winograd(self, x):
             return super().forward(x)
-        out = winograd_conv(x.permute(0, 2, 3, 1), self.weight, self.bias)
-        return out.permute(0, 3, 1, 2)
+        # the N frames as the time axis of one clip, convolved with one tap
+        out = winograd_conv3d(x.transpose(0, 1).unsqueeze(0), self.weight.unsqueeze(2), self.bias, 0)
+        return out[0].transpose(0, 1)
 
 
 class FastConv3d(nn.Conv3d):
@@ -101,8 +154,4 @@ class FastConv3d(nn.Conv3d):
             return channels_last(super().forward(x.contiguous()))
         if not _use_winograd(self, x):
             return channels_last(super().forward(x))
-        frames = x.shape[2] + 2 * self.padding[0] - self.kernel_size[0] + 1
-        out = x.new_empty(x.shape[0], frames, *x.shape[3:], self.out_channels)
-        for b in range(x.shape[0]):
-            winograd_conv(x[b].permute(1, 2, 3, 0), self.weight, self.bias, time_pad=self.padding[0], out=out[b])
-        return out.permute(0, 4, 1, 2, 3)
+        return winograd_conv3d(x, self.weight, self.bias, self.padding[0])

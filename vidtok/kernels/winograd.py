@@ -1,4 +1,4 @@
-"""Winograd F(4×4, 3×3) convolution: the 3×3 spatial kernels of VidTok on CPU, fp32 inference.
+"""Winograd F(4×4, 3×3) convolution: the 3×3 spatial kernels of VidTok on CPU in fp32, forward and backward.
 
 Why: the network's time goes to 3×3 and 3×3×3 convolutions at 256–512 channels. On a CPU without a fast direct
 kernel (oneDNN reached 100–130 GFLOP/s on a 2-core AVX2 machine), computing each 4×4 output tile from a 6×6 input
@@ -9,15 +9,16 @@ by every band and every call, so no large block is page-faulted in again and aga
 A k×3×3 kernel (k frames) is k spatial 3×3 kernels: frame tap j of output frame t reads input frame t + j, so the
 Winograd-domain input of a frame is computed once and the k taps accumulate into the same GEMM output.
 
-Results differ from a direct convolution by rounding only (about 1e-5 relative for unit-scale inputs), so training
-keeps the direct kernels: the fast path runs only without autograd.
+Results differ from a direct convolution by rounding only (about 1e-5 relative for unit-scale inputs). The input's
+gradient is a Winograd convolution of the output's gradient; the weight's is made in the Winograd domain
+(`winograd_weight_grad`).
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -87,6 +88,23 @@ def _output_transform(m: Sequence[torch.Tensor], out: Sequence[torch.Tensor], sc
     torch.add(d12, d34, alpha=8, out=out[3]).add_(m5)
 
 
+def _output_grad_transform(g: Sequence[torch.Tensor], out: Sequence[torch.Tensor], p: torch.Tensor,
+                           q: torch.Tensor) -> None:
+    """out[a] = sum_u A[a, u] g[u] for the six rows of A, the transpose of `_output_transform`'s A^T: how a
+    gradient on four output values reaches the six Winograd-domain values they were made from. p, q: scratch."""
+    g0, g1, g2, g3 = g
+    out[0].copy_(g0)
+    out[5].copy_(g3)
+    torch.add(g0, g2, out=p)
+    torch.add(g1, g3, out=q)
+    torch.add(p, q, out=out[1])
+    torch.sub(p, q, out=out[2])
+    torch.add(g0, g2, alpha=4, out=p)
+    torch.add(g1, g3, alpha=4, out=q)
+    torch.add(p, q, alpha=2, out=out[3])
+    torch.add(p, q, alpha=-2, out=out[4])
+
+
 class _Workspace:
     """Views of one flat buffer, handed out front to back: every band, and every call on the same thread, reuses the
     same memory (kept between calls, because a freshly mapped block costs a page fault per 4 KiB on first touch:
@@ -127,25 +145,39 @@ def release_workspace() -> None:
 
 
 def _band_numel(frames_out: int, rows: int, tw: int, taps: int, c_in: int, c_out: int) -> int:
-    """Elements of the workspace one band needs (the views `_convolve_band` takes)."""
-    frames_in, tiles, wp = frames_out + taps - 1, rows * tw, 4 * tw + 2
+    """Elements of the workspace one band of `winograd_conv` needs (the views `_convolve_band` takes)."""
+    # GEMM output (36, later the output tiles), first output stage (24) and its scratch (4)
+    return _input_band_numel(frames_out + taps - 1, rows, tw, c_in, after=64 * frames_out * rows * tw * c_out)
+
+
+def _weight_grad_band_numel(frames_out: int, rows: int, tw: int, taps: int, c_in: int, c_out: int) -> int:
+    """Elements of the workspace one band of `winograd_weight_grad` needs (the views `_weight_grad_band` takes)."""
+    # the padded output gradient (16), its transformed rows (24) and their scratch (8), the transformed tiles (36)
+    # and their scratch (2)
+    return _input_band_numel(frames_out + taps - 1, rows, tw, c_in, after=86 * frames_out * rows * tw * c_out)
+
+
+def _input_band_numel(frames_in: int, rows: int, tw: int, c_in: int, after: int) -> int:
+    """Elements of the padded input band and its Winograd-domain tiles (`_input_band`), followed by `after` elements
+    of the caller's that may overwrite the input transform's intermediate rows."""
+    tiles, wp = rows * tw, 4 * tw + 2
     padded = frames_in * (4 * rows + 2) * wp * c_in
     v = 38 * frames_in * tiles * c_in  # 36 transformed tiles and two scratch
     rows_t = 8 * frames_in * rows * wp * c_in  # six transformed rows and two scratch
-    # GEMM output (36, later the output tiles), first output stage (24) and its scratch (4)
-    after_gemm = 64 * frames_out * tiles * c_out
-    return padded + v + max(rows_t, after_gemm)
+    return padded + v + max(rows_t, after)
 
 
-def _plan(frames_out: int, th: int, tw: int, taps: int, c_in: int, c_out: int, itemsize: int) -> tuple[int, int]:
+def _plan(band_numel: Callable[..., int], frames_out: int, th: int, tw: int, taps: int, c_in: int, c_out: int,
+          itemsize: int) -> tuple[int, int]:
     """(output frames, tile rows) per band: all frames and as many tile rows as `BAND_BYTES` allows; when one tile
-    row of all frames is already too big, fewer frames (at least one)."""
+    row of all frames is already too big, fewer frames (at least one). `band_numel` is `_band_numel` or
+    `_weight_grad_band_numel`."""
     budget = BAND_BYTES // itemsize
-    per_row = _band_numel(frames_out, 1, tw, taps, c_in, c_out)
+    per_row = band_numel(frames_out, 1, tw, taps, c_in, c_out)
     if per_row <= budget:
         return frames_out, max(1, min(th, budget // per_row))
     chunk = frames_out
-    while chunk > 1 and _band_numel(chunk, 1, tw, taps, c_in, c_out) > budget:
+    while chunk > 1 and band_numel(chunk, 1, tw, taps, c_in, c_out) > budget:
         chunk -= 1
     return chunk, 1
 
@@ -169,7 +201,7 @@ def winograd_conv(
     if frames_out <= 0:
         return out
     th, tw = -(-H // 4), -(-W // 4)
-    chunk, rows = _plan(frames_out, th, tw, taps, c_in, c_out, x.element_size())
+    chunk, rows = _plan(_band_numel, frames_out, th, tw, taps, c_in, c_out, x.element_size())
     ws = _workspace()
     u_numel = taps * 36 * c_out * c_in
     ws.reserve(u_numel + _band_numel(chunk, rows, tw, taps, c_in, c_out), x)
@@ -190,14 +222,11 @@ def winograd_conv(
     return out
 
 
-def _convolve_band(
-    x: torch.Tensor, u: torch.Tensor, ws: _Workspace, f0: int, frames_out: int, r0: int, rows: int, tw: int
-) -> torch.Tensor:
-    """Output frames `f0 + time_pad ...` of tile rows `r0 .. r0 + rows`, as `[frames_out, 4·rows, 4·tw, C_out]`
-    (a view into the workspace, bias not added). `f0` is the first input frame (negative inside the padding)."""
-    taps, _, c_out, c_in = u.shape
-    frames, H, W, _ = x.shape
-    fi = frames_out + taps - 1
+def _input_band(x: torch.Tensor, ws: _Workspace, f0: int, fi: int, r0: int, rows: int, tw: int) -> torch.Tensor:
+    """The Winograd-domain tiles `[36, fi, rows·tw, C_in]` of input frames `f0 .. f0 + fi` (zeros outside `x`) and
+    tile rows `r0 .. r0 + rows`, a view into the workspace; what the workspace hands out next overwrites the
+    intermediate rows of the transform."""
+    frames, H, W, c_in = x.shape
     hp, wp = 4 * rows + 2, 4 * tw + 2
 
     # zero-padded input band: frames f0 .., rows 4·r0 - 1 .., columns -1 ..
@@ -216,10 +245,17 @@ def _convolve_band(
     _input_transform([padded[:, i : i + 4 * rows : 4] for i in range(6)], transformed_rows, p, q)
     for row, out in zip(transformed_rows, v, strict=True):
         _input_transform([row[:, :, j : j + 4 * tw : 4] for j in range(6)], out, *v_scratch)
-    v = v.view(36, fi, rows * tw, c_in)
-
-    # the GEMM output and everything after it overwrite the transformed rows, which are no longer needed
     ws.offset = mark
+    return v.view(36, fi, rows * tw, c_in)
+
+
+def _convolve_band(
+    x: torch.Tensor, u: torch.Tensor, ws: _Workspace, f0: int, frames_out: int, r0: int, rows: int, tw: int
+) -> torch.Tensor:
+    """Output frames `f0 + time_pad ...` of tile rows `r0 .. r0 + rows`, as `[frames_out, 4·rows, 4·tw, C_out]`
+    (a view into the workspace, bias not added). `f0` is the first input frame (negative inside the padding)."""
+    taps, _, c_out, c_in = u.shape
+    v = _input_band(x, ws, f0, frames_out + taps - 1, r0, rows, tw)
     m = ws.take(36, frames_out * rows * tw, c_out)
     torch.bmm(v[:, :frames_out].reshape(36, -1, c_in), u[0].transpose(1, 2), out=m)
     for j in range(1, taps):
@@ -236,14 +272,77 @@ def _convolve_band(
     return tiles.view(frames_out, 4 * rows, 4 * tw, c_out)
 
 
+def winograd_weight_grad(
+    xs: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], taps: int, time_pad: int = 0
+) -> torch.Tensor:
+    """The gradient `[C_out, C_in, taps, 3, 3]` of the weight of `winograd_conv(x, weight, bias, time_pad)`, summed
+    over the pairs of input frames `x` `[F, H, W, C_in]` and output gradients `[F', H, W, C_out]` (one per clip of a
+    batch; any strides).
+
+    The same algorithm run backwards: the forward pass multiplies, per Winograd-domain position, the transformed
+    weight U by the transformed input tiles V, so U's gradient is a GEMM of V with the transformed output gradient
+    (A g A^T per tile), summed over tiles, and the weight's is G^T (U's gradient) G. Rounding differs from the
+    direct kernel's as the forward pass's does.
+    """
+    c_in, c_out = xs[0].shape[-1], grads[0].shape[-1]
+    ws = _workspace()
+    du_numel = taps * 36 * c_out * c_in
+    du = None
+    for x, grad in zip(xs, grads, strict=True):
+        frames_out, H, W, _ = grad.shape
+        th, tw = -(-H // 4), -(-W // 4)
+        chunk, rows = _plan(_weight_grad_band_numel, frames_out, th, tw, taps, c_in, c_out, x.element_size())
+        if du is None:
+            ws.reserve(du_numel + _weight_grad_band_numel(chunk, rows, tw, taps, c_in, c_out), x)
+            du = ws.take(taps, 36, c_out, c_in)
+            du.zero_()
+        for t0 in range(0, frames_out, chunk):
+            t1 = min(t0 + chunk, frames_out)
+            for r0 in range(0, th, rows):
+                ws.offset = du_numel
+                _weight_grad_band(x, grad, du, ws, t0, t1 - t0, time_pad, r0, min(rows, th - r0), tw)
+    kron = torch.kron(_G, _G).to(xs[0])  # [36, 9]
+    weight_grad = xs[0].new_empty(c_out, c_in, taps, 9)
+    for t in range(taps):
+        weight_grad[:, :, t] = torch.matmul(du[t].view(36, -1).t(), kron).view(c_out, c_in, 9)
+    return weight_grad.view(c_out, c_in, taps, 3, 3)
+
+
+def _weight_grad_band(
+    x: torch.Tensor, grad: torch.Tensor, du: torch.Tensor, ws: _Workspace, t0: int, frames_out: int, time_pad: int,
+    r0: int, rows: int, tw: int
+) -> None:
+    """Add to `du` `[taps, 36, C_out, C_in]` what output frames `t0 .. t0 + frames_out` and tile rows
+    `r0 .. r0 + rows` contribute to the transformed weight's gradient."""
+    taps, c_out = du.shape[0], du.shape[2]
+    _, H, W, _ = grad.shape
+    v = _input_band(x, ws, t0 - time_pad, frames_out + taps - 1, r0, rows, tw)
+
+    # the output gradient of the band's tiles, zero where the tiles reach past the frame's edge
+    padded = ws.take(frames_out, 4 * rows, 4 * tw, c_out)
+    h0, h1 = 4 * r0, min(4 * (r0 + rows), H)
+    if h1 - h0 < 4 * rows or W < 4 * tw:
+        padded.zero_()
+    padded[:, : h1 - h0, :W] = grad[t0 : t0 + frames_out, h0:h1]
+    transformed_rows = ws.take(6, frames_out, rows, 4 * tw, c_out)
+    p, q = ws.take(frames_out, rows, 4 * tw, c_out), ws.take(frames_out, rows, 4 * tw, c_out)
+    _output_grad_transform([padded[:, i::4] for i in range(4)], transformed_rows, p, q)
+    m = ws.take(6, 6, frames_out, rows, tw, c_out)
+    p, q = ws.take(frames_out, rows, tw, c_out), ws.take(frames_out, rows, tw, c_out)
+    for row, out in zip(transformed_rows, m, strict=True):
+        _output_grad_transform([row[:, :, j::4] for j in range(4)], out, p, q)
+    m = m.view(36, -1, c_out).transpose(1, 2)
+    for j in range(taps):
+        du[j].baddbmm_(m, v[:, j : j + frames_out].reshape(36, -1, v.shape[-1]))
+
+
 def winograd_applies(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> bool:
-    """Whether `conv` on `x` can take the Winograd path: CPU, fp32, no autograd or autocast, a 3×3 spatial kernel
+    """Whether `conv` on `x` can take the Winograd path: CPU, fp32, no autocast, a 3×3 spatial kernel
     with stride 1, dilation 1, spatial padding 1, one group and at least `MIN_CHANNELS` channels each way."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and conv.weight.dtype == torch.float32
-        and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
         and conv.kernel_size[-2:] == (3, 3)
         and all(s == 1 for s in conv.stride)
