@@ -105,6 +105,32 @@ def test_a_gradient_of_a_gradient_takes_the_differentiable_direct_backward(winog
     _close(actual, expected)
 
 
+def test_fast_kernels_apply_to_eager_fp32_cpu_work_only() -> None:
+    x, weight = torch.randn(1, 8, 4, 4), torch.randn(8, 8, 3, 3)
+    assert fast_conv.fast_kernels_apply(x, weight)
+    assert not fast_conv.fast_kernels_apply(x.double(), weight.double())
+    assert not fast_conv.fast_kernels_apply(x, weight.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fast_conv.fast_kernels_apply(x, weight)
+    with fast_conv.direct_convs():
+        assert not fast_conv.fast_kernels_apply(x, weight)
+    assert not fast_conv.fast_kernels_apply(x.to("meta"), weight.to("meta"))
+
+
+def test_training_reads_channels_last_unless_the_clip_is_smaller_than_the_weight() -> None:
+    conv = FastConv3d(64, 64, 3, padding=(0, 1, 1))
+    small, large = channels_last(torch.randn(1, 64, 3, 4, 4)), channels_last(torch.randn(1, 64, 8, 32, 32))
+    with fast_conv.direct_convs():
+        assert conv.takes_channels_last(large)
+        # a channels-last input would give a channels-last weight gradient, which autograd then copies
+        assert not conv.takes_channels_last(small)
+        conv(small.requires_grad_()).sum().backward()
+        assert conv.weight.grad.is_contiguous()
+        with torch.no_grad():
+            assert not conv.takes_channels_last(large)
+    assert conv.takes_channels_last(large)  # Winograd
+
+
 def test_small_layers_stay_direct(winograd_calls: list) -> None:
     """Below `MIN_WINOGRAD_PIXELS` output pixels the weight transform would cost more than it saves."""
     conv = FastConv2d(64, 64, 3, padding=1)

@@ -100,32 +100,48 @@ def test_norm_silu_in_a_full_checkpoint_saves_its_input_alone_and_keeps_the_grad
         assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("whole", [False, True], ids=["selective", "whole"])
-def test_a_selective_region_keeps_the_winograd_convs_output(whole: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Winograd op is stored like `aten.convolution`: a selective region does not run it again in the backward
-    pass (a full one does), and the gradients are plain autograd's bit for bit."""
+def _winograd_conv_case() -> tuple:
     from vidtok.kernels import fast_conv
 
-    calls: list[int] = []
-    real = fast_conv.winograd_conv
-    monkeypatch.setattr(fast_conv, "winograd_conv", lambda *a, **k: calls.append(1) or real(*a, **k))
-    torch.manual_seed(0)
+    # the Winograd kernel runs in the forward pass and again for the input's gradient
     conv = fast_conv.FastConv2d(64, 64, 3, padding=1)
-    x0 = torch.randn(2, 64, 32, 32)
+    return fast_conv, "winograd_conv", conv, conv, torch.randn(2, 64, 32, 32), 2
+
+
+def _time_conv_case() -> tuple:
+    from vidtok.kernels import time_conv
+    from vidtok.modules.causal_conv import conv1d_over_time
+
+    conv = torch.nn.Conv1d(8, 8, 3, padding=1)
+    # `_convolve` is the forward pass only (the backward pass has GEMMs of its own)
+    return time_conv, "_convolve", lambda h: conv1d_over_time(conv, h), conv, torch.randn(1, 8, 5, 4, 4), 1
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["selective", "whole"])
+@pytest.mark.parametrize("case", [_winograd_conv_case, _time_conv_case], ids=["winograd", "time_conv"])
+def test_a_selective_region_keeps_the_output_of_vidtoks_conv_ops(whole: bool, case,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """vidtok's conv ops are stored like `aten.convolution`: a selective region does not run them again in the
+    backward pass (a full one does), and the gradients are plain autograd's bit for bit."""
+    torch.manual_seed(0)
+    module, kernel, conv, params, x0, plain_calls = case()
+    calls: list[int] = []
+    real = getattr(module, kernel)
+    monkeypatch.setattr(module, kernel, lambda *a, **k: calls.append(1) or real(*a, **k))
 
     def block(h: torch.Tensor) -> torch.Tensor:
         return conv(torch.nn.functional.silu(h * 2))
 
     def grads(run) -> list[torch.Tensor]:
         x = x0.clone().requires_grad_()
-        conv.zero_grad()
+        params.zero_grad()
         run(x).square().sum().backward()
-        return [x.grad, conv.weight.grad.clone(), conv.bias.grad.clone()]
+        return [x.grad, params.weight.grad.clone(), params.bias.grad.clone()]
 
     plain = grads(block)
-    assert len(calls) == 2  # forward pass, input's gradient
+    assert len(calls) == plain_calls
     calls.clear()
     region = grads(lambda x: recomputable(True, block, x, whole=whole))
-    assert len(calls) == (3 if whole else 2)
+    assert len(calls) == plain_calls + whole
     for a, b in zip(region, plain, strict=True):
         assert torch.equal(a, b)

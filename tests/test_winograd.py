@@ -34,6 +34,19 @@ def test_transform_weight_is_g_w_gt_per_tap() -> None:
     torch.testing.assert_close(transform_weight(weight).double(), expected, rtol=1e-6, atol=1e-6)
     # a 2D weight is one tap
     assert transform_weight(weight[:, :, 0]).shape == (1, 36, 5, 4)
+    # the transposed convolution's kernel: flipped in time and space, channels swapped, without a copy of it
+    transposed = weight.flip(2, 3, 4).transpose(0, 1)
+    torch.testing.assert_close(transform_weight(weight, transposed=True), transform_weight(transposed.contiguous()),
+                               rtol=0, atol=1e-6)
+
+
+def test_the_transposed_conv_carries_an_outputs_gradient_back_to_the_input() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(6, 9, 7, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 5, 3, 3, 3)
+    upstream = torch.randn(4, 9, 7, 4)  # two frames fewer: no time padding
+    (expected,) = torch.autograd.grad(_reference(x, weight, None, 0).double(), x, upstream.double())
+    _assert_close_to_direct(winograd_conv(upstream, weight, None, time_pad=2, transposed=True), expected.float())
 
 
 @pytest.mark.parametrize(
@@ -148,18 +161,12 @@ def test_a_workspace_made_under_inference_mode_serves_later_no_grad_calls() -> N
         assert winograd._workspace().buffer.data_ptr() == buffer
 
 
-def test_winograd_applies_only_to_fp32_cpu_convs_of_plain_3x3_kernels() -> None:
-    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
-    x = torch.randn(1, 64, 8, 8)
-    with torch.no_grad():
-        assert winograd_applies(conv, x)
-        assert not winograd_applies(conv, x.double())
-        assert not winograd_applies(torch.nn.Conv2d(64, 64, 3, stride=2, padding=1), x)
-        assert not winograd_applies(torch.nn.Conv2d(64, 64, 3, padding=2, dilation=2), x)
-        assert not winograd_applies(torch.nn.Conv2d(64, 64, 3, padding=1, groups=2), x)
-        assert not winograd_applies(torch.nn.Conv2d(64, 64, 5, padding=2), x)
-        assert not winograd_applies(torch.nn.Conv2d(64, 64, 3, padding=0), x)
-        assert not winograd_applies(torch.nn.Conv2d(32, 64, 3, padding=1), torch.randn(1, 32, 8, 8))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not winograd_applies(conv, x)
-    assert winograd_applies(conv, x)  # with autograd too: the op has a Winograd backward pass
+def test_winograd_applies_only_to_plain_3x3_kernels() -> None:
+    assert winograd_applies(torch.nn.Conv2d(64, 64, 3, padding=1))
+    assert winograd_applies(torch.nn.Conv3d(64, 128, 3, padding=(0, 1, 1)))
+    assert not winograd_applies(torch.nn.Conv2d(64, 64, 3, stride=2, padding=1))
+    assert not winograd_applies(torch.nn.Conv2d(64, 64, 3, padding=2, dilation=2))
+    assert not winograd_applies(torch.nn.Conv2d(64, 64, 3, padding=1, groups=2))
+    assert not winograd_applies(torch.nn.Conv2d(64, 64, 5, padding=2))
+    assert not winograd_applies(torch.nn.Conv2d(64, 64, 3, padding=0))
+    assert not winograd_applies(torch.nn.Conv2d(32, 64, 3, padding=1))

@@ -7,9 +7,10 @@ size, too much to keep for a 157M-parameter model): the op `vidtok::winograd_con
 the input's gradient as a Winograd convolution too and the weight's in the Winograd domain. Everything else,
 `torch.compile` and `torch.jit.trace` included, runs PyTorch's direct convolution.
 
-Two switches turn the Winograd path off: :func:`set_fast_convs` for the whole process, every thread included
-(`VIDTOK_FAST_CONV=0` in the environment starts the process with it off), and the :func:`direct_convs` block for
-the current thread (a context variable: threads started inside the block do not see it).
+Two switches turn the Winograd path off, and the GEMMs of the time convolutions (`time_conv.py`) with it:
+:func:`set_fast_convs` for the whole process, every thread included (`VIDTOK_FAST_CONV=0` in the environment
+starts the process with it off), and the :func:`direct_convs` block for the current thread (a context variable:
+threads started inside the block do not see it).
 """
 
 from __future__ import annotations
@@ -60,14 +61,27 @@ def direct_convs() -> Iterator[None]:
         _winograd_enabled.reset(token)
 
 
-def _use_winograd(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> bool:
-    # under torch.compile or torch.jit.trace the direct conv: the banded Python loop would unroll into a huge graph,
-    # and a trace would freeze the band plan of one input size
+def fast_kernels_apply(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether vidtok's CPU kernels (Winograd here, the per-tap GEMMs of `time_conv.py`) may stand in for PyTorch's
+    convolution of `weight` over `x`: the switches are on, the call is eager, and it runs on the CPU in fp32
+    without autocast."""
+    # under torch.compile or torch.jit.trace PyTorch's conv: a Python loop over bands or taps would unroll into a
+    # huge graph, and a trace would freeze the plan made for one input size
     return (
         fast_convs_enabled()
         and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
-        and winograd_applies(conv, x)
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def _use_winograd(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> bool:
+    return (
+        fast_kernels_apply(x, conv.weight)
+        and winograd_applies(conv)
         and x.numel() // x.shape[1] >= MIN_WINOGRAD_PIXELS  # output pixels per frame tap
     )
 
@@ -79,9 +93,15 @@ def winograd_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
     An op of its own so that autograd has one node for it (its backward pass below) and the selective
     recomputation of `vidtok.modules.recompute` can keep its output as it keeps `aten.convolution`'s."""
-    out = x.new_empty(x.shape[0], x.shape[2] + 2 * time_pad - weight.shape[2] + 1, *x.shape[3:], weight.shape[0])
+    return _convolve_clips(x, weight, bias, time_pad)
+
+
+def _convolve_clips(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, time_pad: int,
+                    transposed: bool = False) -> torch.Tensor:
+    channels = weight.shape[1 if transposed else 0]
+    out = x.new_empty(x.shape[0], x.shape[2] + 2 * time_pad - weight.shape[2] + 1, *x.shape[3:], channels)
     for b in range(x.shape[0]):
-        winograd_conv(x[b].permute(1, 2, 3, 0), weight, bias, time_pad=time_pad, out=out[b])
+        winograd_conv(x[b].permute(1, 2, 3, 0), weight, bias, time_pad=time_pad, out=out[b], transposed=transposed)
     return out.permute(0, 4, 1, 2, 3)
 
 
@@ -110,8 +130,8 @@ def _winograd_conv3d_backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | N
     taps = weight.shape[2]
     x_grad = weight_grad = bias_grad = None
     if needs[0]:
-        # the transposed convolution: flipped kernel, channels swapped, the padding that gives back T frames
-        x_grad = winograd_conv3d(grad, weight.flip(2, 3, 4).transpose(0, 1), None, taps - 1 - pad)
+        # the transposed convolution, with the padding that gives back T frames
+        x_grad = _convolve_clips(grad, weight, None, taps - 1 - pad, transposed=True)
     if needs[1]:
         frames = [(x[b].permute(1, 2, 3, 0), grad[b].permute(1, 2, 3, 0)) for b in range(x.shape[0])]
         weight_grad = winograd_weight_grad(*zip(*frames, strict=True), taps, pad)
@@ -131,7 +151,8 @@ class FastConv2d(nn.Conv2d):
             return super().forward(x)
         # the N frames as the time axis of one clip, convolved with one tap
         out = winograd_conv3d(x.transpose(0, 1).unsqueeze(0), self.weight.unsqueeze(2), self.bias, 0)
-        return out[0].transpose(0, 1)
+        # squeeze, not out[0]: the backward pass of a view indexed out would build a zero tensor of the whole output
+        return out.squeeze(0).transpose(0, 1)
 
 
 class FastConv3d(nn.Conv3d):
@@ -141,13 +162,18 @@ class FastConv3d(nn.Conv3d):
     256 and 512 channels, oneDNN on a 2-core AVX2 CPU ran 10–30 % faster on channels-first tensors than on the
     channels-last ones the rest of the network uses (e.g. 256 channels, 20×128²: 7.8 s against 8.7 s). In training
     the copies, and their counterparts in the backward pass, cost more than that (a 256-channel causal conv on
-    17×32², forward and backward: 2.12 s with the copies, 1.89 s without), and on other devices the trade was never
+    17×32², forward and backward: 2.12 s with the copies, 1.89 s without), except where the clip is smaller than the
+    weight: PyTorch's CPU kernel returns the weight's gradient in the input's layout, and autograd copies a
+    channels-last one back into the weight's layout, a copy larger than the input's (512 channels on 7×8², forward
+    and backward: 0.07 s from a channels-first copy, 0.12 s from channels-last). On other devices the trade was never
     measured, so there the conv reads the channels-last input as it is.
     """
 
     def takes_channels_last(self, x: torch.Tensor) -> bool:
         """Whether `forward(x)` reads `x` as it is (channels-last), so callers need not make a channels-first copy."""
-        return x.device.type != "cpu" or torch.is_grad_enabled() or _use_winograd(self, x)
+        if x.device.type != "cpu" or _use_winograd(self, x):
+            return True
+        return torch.is_grad_enabled() and x.numel() >= self.weight.numel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.takes_channels_last(x):

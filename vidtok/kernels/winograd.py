@@ -42,21 +42,26 @@ BAND_BYTES = 96 << 20
 MIN_CHANNELS = 64
 
 
-def transform_weight(weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def transform_weight(weight: torch.Tensor, out: torch.Tensor | None = None, transposed: bool = False) -> torch.Tensor:
     """`[C_out, C_in, k, 3, 3]` (or `[C_out, C_in, 3, 3]`) -> `[k, 36, C_out, C_in]`: G w G^T for every frame tap,
-    written into `out` if given.
+    written into `out` if given. With `transposed`, the same for the kernel of the transposed convolution (taps
+    flipped in time and space, channels swapped): `[k, 36, C_in, C_out]`, a view whose last two dims are swapped.
 
     One small GEMM per tap straight from the weight's own layout (36×9 coefficients against the nine taps of every
-    channel pair), so no transposed copy of the weight is made.
+    channel pair), so no transposed or flipped copy of the weight is made.
     """
     c_out, c_in = weight.shape[:2]
     taps = weight.shape[2] if weight.ndim == 5 else 1
     flat = weight.detach().reshape(c_out * c_in, taps * 9)
     kron = torch.kron(_G, _G).to(weight)  # [36, 9]: G[a, i]·G[b, j] at [6a + b, 3i + j]
+    if transposed:
+        kron = kron.flip(1)  # a 3×3 kernel flipped both ways is its nine taps in reverse order
     u = weight.new_empty(taps, 36, c_out * c_in) if out is None else out.view(taps, 36, c_out * c_in)
     for t in range(taps):
-        torch.matmul(kron, flat[:, 9 * t : 9 * t + 9].t(), out=u[t])
-    return u.view(taps, 36, c_out, c_in)
+        source = taps - 1 - t if transposed else t
+        torch.matmul(kron, flat[:, 9 * source : 9 * source + 9].t(), out=u[t])
+    u = u.view(taps, 36, c_out, c_in)
+    return u.transpose(2, 3) if transposed else u
 
 
 def _input_transform(d: Sequence[torch.Tensor], out: Sequence[torch.Tensor], p: torch.Tensor, q: torch.Tensor) -> None:
@@ -188,11 +193,14 @@ def winograd_conv(
     bias: torch.Tensor | None,
     time_pad: int = 0,
     out: torch.Tensor | None = None,
+    transposed: bool = False,
 ) -> torch.Tensor:
     """Convolve frames `x` `[F, H, W, C_in]` (any strides) with `weight` `[C_out, C_in, k, 3, 3]` (or
     `[C_out, C_in, 3, 3]`), spatial zero padding 1 and `time_pad` zero frames at both ends.
-    Returns `[F + 2·time_pad - k + 1, H, W, C_out]`, written into `out` if given (else a new contiguous tensor)."""
-    c_out, c_in = weight.shape[:2]
+    Returns `[F + 2·time_pad - k + 1, H, W, C_out]`, written into `out` if given (else a new contiguous tensor).
+    With `transposed`, the convolution's transpose (what carries an output's gradient back to the input): `x` has
+    `C_out` channels and the result `C_in`."""
+    c_out, c_in = weight.shape[1::-1] if transposed else weight.shape[:2]
     taps = weight.shape[2] if weight.ndim == 5 else 1
     frames, H, W, _ = x.shape
     frames_out = frames + 2 * time_pad - taps + 1
@@ -205,7 +213,7 @@ def winograd_conv(
     ws = _workspace()
     u_numel = taps * 36 * c_out * c_in
     ws.reserve(u_numel + _band_numel(chunk, rows, tw, taps, c_in, c_out), x)
-    u = transform_weight(weight, out=ws.take(u_numel))
+    u = transform_weight(weight, out=ws.take(u_numel), transposed=transposed)
     for t0 in range(0, frames_out, chunk):
         t1 = min(t0 + chunk, frames_out)
         for r0 in range(0, th, rows):
@@ -336,15 +344,12 @@ def _weight_grad_band(
         du[j].baddbmm_(m, v[:, j : j + frames_out].reshape(36, -1, v.shape[-1]))
 
 
-def winograd_applies(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> bool:
-    """Whether `conv` on `x` can take the Winograd path: CPU, fp32, no autocast, a 3×3 spatial kernel
-    with stride 1, dilation 1, spatial padding 1, one group and at least `MIN_CHANNELS` channels each way."""
+def winograd_applies(conv: nn.Conv2d | nn.Conv3d) -> bool:
+    """Whether `conv` has the shape the Winograd kernels compute: a 3×3 spatial kernel with stride 1, dilation 1,
+    spatial zero padding 1, one group and at least `MIN_CHANNELS` channels each way. Whether they may run on a given
+    input (CPU, fp32, eager) is `vidtok.kernels.fast_conv.fast_kernels_apply`'s to say."""
     return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and conv.weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-        and conv.kernel_size[-2:] == (3, 3)
+        conv.kernel_size[-2:] == (3, 3)
         and all(s == 1 for s in conv.stride)
         and all(d == 1 for d in conv.dilation)
         and tuple(conv.padding[-2:]) == (1, 1)

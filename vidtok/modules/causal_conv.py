@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidtok.kernels.fast_conv import FastConv3d
+from vidtok.kernels.time_conv import time_conv, time_conv_applies
 
 from .reshape import channels_last, layout_of
 
@@ -167,32 +168,33 @@ class CausalConv1d(nn.Module):
         return conv1d_over_time(self.conv, x) if x.shape[2] else _no_frames(x, self.conv.out_channels)
 
     def _whole_clip(self, x: torch.Tensor) -> torch.Tensor:
-        """The causal conv of a whole clip without a padded copy of it: the conv zero-pads both ends itself and the
-        frames computed past the end are dropped; with replicate padding, the taps that fell on the padding then
-        get frame 0's contribution added."""
-        T = x.shape[2]
-        out = channels_last(conv1d_over_time(self.conv, x, padding=self.time_pad)[:, :, :T])
-        if self.time_pad_mode == "replicate":
-            k, d = self.conv.kernel_size[0], self.conv.dilation[0]
-            for t in range(min(self.time_pad, T)):
-                taps = [j for j in range(k) if t - self.time_pad + j * d < 0]
-                weight = self.conv.weight[:, :, taps].sum(dim=2)  # [C_out, C_in]
-                out[:, :, t] += torch.einsum("oc,bchw->bohw", weight, x[:, :, 0])
-        return out
+        """The causal conv of a whole clip without a padded copy of it: `conv1d_over_time` reads the clip as if
+        the padding were in front of it."""
+        return channels_last(conv1d_over_time(self.conv, x, (self.time_pad, 0), self.time_pad_mode))
 
 
-def conv1d_over_time(conv: nn.Conv1d, x: torch.Tensor, padding: int | None = None) -> torch.Tensor:
-    """Apply `conv` along dim 2 of `[N, C, T]` or `[B, C, T, H, W]`, with its own padding or with `padding`
-    frames of zeros at both ends."""
-    padding = conv.padding[0] if padding is None else padding
+def conv1d_over_time(conv: nn.Conv1d, x: torch.Tensor, padding: tuple[int, int] | None = None,
+                     front_mode: TimePadMode = "constant") -> torch.Tensor:
+    """Apply `conv` along dim 2 of `[N, C, T]` or `[B, C, T, H, W]`, with its own padding or with `padding` =
+    (front, back) frames: zeros at the back, zeros or copies of frame 0 (`front_mode`) in front."""
+    front, back = (conv.padding[0],) * 2 if padding is None else padding
+    if time_conv_applies(conv, x):
+        return time_conv(x, conv.weight, conv.bias, front, back, front_mode == "replicate")
+    if front != back and conv.stride[0] != 1:
+        raise ValueError(f"uneven time padding {padding} needs a stride-1 conv, got stride {conv.stride[0]}")
+    # PyTorch pads both ends alike: pad by the larger amount and drop the frames the other end added
+    both = max(front, back)
     if x.ndim == 3:
-        return F.conv1d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation)
-    weight = conv.weight[..., None, None]  # [C_out, C_in, k, 1, 1]
-    return F.conv3d(
-        x,
-        weight,
-        conv.bias,
-        stride=(conv.stride[0], 1, 1),
-        padding=(padding, 0, 0),
-        dilation=(conv.dilation[0], 1, 1),
-    )
+        out = F.conv1d(x, conv.weight, conv.bias, conv.stride, both, conv.dilation)
+    else:
+        out = F.conv3d(x, conv.weight[..., None, None], conv.bias, stride=(conv.stride[0], 1, 1),
+                       padding=(both, 0, 0), dilation=(conv.dilation[0], 1, 1))
+    out = out[:, :, both - front : out.shape[2] - (both - back)]
+    if front_mode == "replicate":
+        # the taps that fell on the front padding get frame 0's contribution instead of zeros'
+        k, d = conv.kernel_size[0], conv.dilation[0]
+        for t in range(min(front, out.shape[2])):
+            taps = [j for j in range(k) if t - front + j * d < 0]
+            weight = conv.weight[:, :, taps].sum(dim=2)  # [C_out, C_in]
+            out[:, :, t] += torch.einsum("oc,bc...->bo...", weight, x[:, :, 0])
+    return out

@@ -22,8 +22,9 @@ import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from vidtok.kernels.fast_conv import winograd_conv3d
+from vidtok.kernels.time_conv import time_conv
 
-_STORED_OPS = frozenset({torch.ops.aten.convolution.default, winograd_conv3d._opoverload})
+_STORED_OPS = frozenset({torch.ops.aten.convolution.default, winograd_conv3d._opoverload, time_conv._opoverload})
 _selective: ContextVar[bool] = ContextVar("vidtok_selective_recompute", default=True)
 _stateless: ContextVar[bool] = ContextVar("vidtok_stateless_forward", default=True)
 # the kind of region ("whole", "selective" or "stage") whose function is running; None outside any
