@@ -69,10 +69,10 @@ def _convolve(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     frames_out = frames + front + back - taps + 1
     out = x.new_empty(x.shape[0], frames_out, *x.shape[3:], c_out)
     per_tap = weight.permute(2, 1, 0).contiguous()  # [k, C_in, C_out]
+    tap_runs = list(_taps(frames, taps, front, frames_out, replicate_front))
     for b in range(x.shape[0]):
         source = _frames(x, b)
-        runs = [(lo, hi, source[s0:s1], per_tap[j])
-                for j, s0, s1, lo, hi in _taps(frames, taps, front, frames_out, replicate_front)]
+        runs = [(lo, hi, source[s0:s1], per_tap[j]) for j, s0, s1, lo, hi in tap_runs]
         _sum_of_products(out[b].view(frames_out, -1, c_out), runs, bias)
     return out.permute(0, 4, 1, 2, 3)
 
@@ -117,23 +117,23 @@ def _keep_for_backward(ctx, inputs: tuple, output: torch.Tensor) -> None:
 
 def _time_conv_backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     x, weight = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        return _differentiable_backward(ctx, x, weight, grad)
     needs = ctx.needs_input_grad
     c_out, c_in, taps = weight.shape
     frames = x.shape[2]
-    if torch.is_grad_enabled():
-        return _differentiable_backward(ctx, x, weight, grad)
     x_grad = x.new_empty(x.shape[0], frames, *x.shape[3:], c_in) if needs[0] else None
     per_tap = weight.permute(2, 0, 1).contiguous()  # [k, C_out, C_in]
     weight_grad = weight.new_zeros(taps, c_out, c_in) if needs[1] else None
+    tap_runs = list(_taps(frames, taps, ctx.front, grad.shape[2], ctx.replicate_front))
     for b in range(x.shape[0]):
         source, upstream = _frames(x, b), _frames(grad, b)
-        taps_run = list(_taps(frames, taps, ctx.front, grad.shape[2], ctx.replicate_front))
         if x_grad is not None:
             # the transposed products: each tap carries output frames lo:hi back to the input frames they read
-            runs = [(s0, s1, upstream[lo:hi], per_tap[j]) for j, s0, s1, lo, hi in taps_run]
+            runs = [(s0, s1, upstream[lo:hi], per_tap[j]) for j, s0, s1, lo, hi in tap_runs]
             _sum_of_products(x_grad[b].view(frames, -1, c_in), runs, None)
         if weight_grad is not None:
-            for j, s0, s1, lo, hi in taps_run:
+            for j, s0, s1, lo, hi in tap_runs:
                 weight_grad[j].addmm_(upstream[lo:hi].reshape(-1, c_out).t(), source[s0:s1].reshape(-1, c_in))
     return (
         None if x_grad is None else x_grad.permute(0, 4, 1, 2, 3),
@@ -150,9 +150,10 @@ def _differentiable_backward(ctx, x: torch.Tensor, weight: torch.Tensor,
     """For create_graph (a gradient of a gradient): PyTorch's own backward on a padded copy, differentiable in
     turn."""
     needs, front, frames = ctx.needs_input_grad, ctx.front, x.shape[2]
-    padded = F.pad(x, (0, 0, 0, 0, front, ctx.back))
     if ctx.replicate_front:
-        padded = torch.cat([x[:, :, :1].expand(-1, -1, front, -1, -1), padded[:, :, front:]], dim=2)
+        padded = F.pad(torch.cat([x[:, :, :1].expand(-1, -1, front, -1, -1), x], dim=2), (0, 0, 0, 0, 0, ctx.back))
+    else:
+        padded = F.pad(x, (0, 0, 0, 0, front, ctx.back))
     bias_sizes = [weight.shape[0]] if needs[2] else None
     grads = torch.ops.aten.convolution_backward(grad, padded, weight[..., None, None], bias_sizes, [1, 1, 1],
                                                 [0, 0, 0], [1, 1, 1], False, [0, 0, 0], 1, list(needs[:3]))
