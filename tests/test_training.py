@@ -7,6 +7,7 @@ or fork. Every run uses random LPIPS weights, 9×32×32 clips and ch=16, so a ba
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -588,3 +589,28 @@ def test_last_batch_gradients_are_freed_before_the_next_forward() -> None:
     trained = {id(p) for p in [*model.get_autoencoder_params(), *model.get_discriminator_params()]}
     without_grad = [n for n, p in model.named_parameters() if id(p) in trained and p.grad is None]
     assert not without_grad, f"no gradient after the last batch: {without_grad}"
+
+
+def test_the_autoencoders_backward_pass_runs_with_the_heap_backed_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU the autoencoder's backward pass, and only it, runs inside `heap_backed` (its temporaries reuse
+    freed heap memory); the forward pass, whose stored activations would fragment the heap, does not."""
+    from vidtok.training import allocator, engine_training
+
+    model = tiny_gan_model()
+    inside = []
+
+    @contextlib.contextmanager
+    def recording() -> Any:
+        with allocator.heap_backed() as applied:
+            inside.append(True)
+            try:
+                yield applied
+            finally:
+                inside.pop()
+
+    monkeypatch.setattr(engine_training, "heap_backed", recording)
+    seen: dict[str, list[bool]] = {"forward": [], "backward": []}
+    model.decoder.register_forward_hook(lambda *_: seen["forward"].append(bool(inside)))
+    model.decoder.register_full_backward_hook(lambda *_: seen["backward"].append(bool(inside)))
+    fit_two_batches(model, [])
+    assert seen == {"forward": [False, False], "backward": [True, True]}

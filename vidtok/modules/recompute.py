@@ -59,12 +59,6 @@ def stateful_forward() -> AbstractContextManager[None]:
     return _switched_off(_stateless)
 
 
-def in_whole_region() -> bool:
-    """Whether a full checkpoint's function (`recomputable(..., whole=True)`) is running: what it saves for the
-    backward pass is dropped after the forward pass and held all at once while the region is recomputed."""
-    return _enclosing.get() == "whole"
-
-
 def _region(kind: str, fn: Callable[..., torch.Tensor], *args: object) -> torch.Tensor:
     token = _enclosing.set(kind)
     try:

@@ -21,11 +21,12 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
 
+from vidtok.training.allocator import heap_backed
 from vidtok.training.ema import LitEma
 from vidtok.util import get_obj_from_str
 
@@ -171,7 +172,8 @@ class TrainingMixin:
         aeloss, log_ae = self.loss(
             reg_log, x, xrec, 0, self.global_step, last_layer=self.get_last_layer(), split="train"
         )
-        self.manual_backward(aeloss)
+        with heap_backed() if x.device.type == "cpu" else nullcontext():
+            self.manual_backward(aeloss)
         torch.nn.utils.clip_grad_norm_(self.get_autoencoder_params(), GRAD_CLIP_NORM)
         opt_g.step()
         self.untoggle_optimizer(opt_g)

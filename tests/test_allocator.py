@@ -1,0 +1,43 @@
+"""glibc malloc settings for the backward pass of CPU training (`vidtok.training.allocator`), checked in child
+processes: the settings are process-wide."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+# a 64 MiB tensor freed inside the block, one freed after it: did the resident set keep each?
+_PROBE = """
+import re, torch
+from vidtok.training.allocator import heap_backed
+def rss_mib():
+    with open("/proc/self/status") as f:
+        return int(re.search(r"^VmRSS:\\s+(\\d+)", f.read(), re.M).group(1)) / 1024
+start = rss_mib()
+with heap_backed() as applied:
+    x = torch.ones(16 << 20)
+    del x
+    kept_inside = rss_mib() - start > 48
+kept_after_block = rss_mib() - start > 48
+y = torch.ones(16 << 20)
+del y
+kept_after_free = rss_mib() - start > 48
+print(applied, kept_inside, kept_after_block, kept_after_free)
+"""
+
+
+def _probe(**env_update: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "VIDTOK_HEAP_BACKWARD"} | env_update
+    done = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc")
+def test_the_heap_keeps_freed_blocks_inside_the_block_and_returns_them_after() -> None:
+    # inside: a freed 64 MiB block stays resident for the next allocation; after: the heap's free pages are back
+    # with the OS and large blocks are mapped and unmapped again
+    assert _probe() == "True True False False"
+    assert _probe(VIDTOK_HEAP_BACKWARD="0") == "False False False False"
