@@ -591,12 +591,16 @@ def test_last_batch_gradients_are_freed_before_the_next_forward() -> None:
     assert not without_grad, f"no gradient after the last batch: {without_grad}"
 
 
-def test_the_autoencoders_backward_pass_runs_with_the_heap_backed_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("use_checkpoint", [False, True])
+def test_the_autoencoders_backward_pass_runs_with_the_heap_backed_allocator(monkeypatch: pytest.MonkeyPatch,
+                                                                            use_checkpoint: bool) -> None:
     """On the CPU the autoencoder's backward pass, and only it, runs inside `heap_backed` (its temporaries reuse
-    freed heap memory); the forward pass, whose stored activations would fragment the heap, does not."""
+    freed heap memory); the forward pass, whose stored activations would fragment the heap, does not, nor does
+    anything with `use_checkpoint`, which puts memory first."""
     from vidtok.training import allocator, engine_training
 
     model = tiny_gan_model()
+    model.encoder.use_checkpoint = use_checkpoint
     inside = []
 
     @contextlib.contextmanager
@@ -613,4 +617,4 @@ def test_the_autoencoders_backward_pass_runs_with_the_heap_backed_allocator(monk
     model.decoder.register_forward_hook(lambda *_: seen["forward"].append(bool(inside)))
     model.decoder.register_full_backward_hook(lambda *_: seen["backward"].append(bool(inside)))
     fit_two_batches(model, [])
-    assert seen == {"forward": [False, False], "backward": [True, True]}
+    assert seen == {"forward": [False, False], "backward": [not use_checkpoint] * 2}

@@ -172,7 +172,10 @@ class TrainingMixin:
         aeloss, log_ae = self.loss(
             reg_log, x, xrec, 0, self.global_step, last_layer=self.get_last_layer(), split="train"
         )
-        with heap_backed() if x.device.type == "cpu" else nullcontext():
+        # on the CPU the backward pass's temporaries reuse heap memory instead of page-faulting fresh mappings,
+        # unless checkpointing asks for memory first: the heap holds what it frees until the pass ends
+        heap = x.device.type == "cpu" and not self.encoder.use_checkpoint
+        with heap_backed() if heap else nullcontext():
             self.manual_backward(aeloss)
         torch.nn.utils.clip_grad_norm_(self.get_autoencoder_params(), GRAD_CLIP_NORM)
         opt_g.step()
