@@ -45,3 +45,32 @@ def test_the_heap_keeps_freed_blocks_inside_the_block_and_returns_them_after() -
     # after: the heap's free pages are back with the OS and large blocks are mapped and unmapped again
     assert _probe() == "True False True False False"
     assert _probe(VIDTOK_HEAP_BACKWARD="0") == "False False False False False"
+
+
+# six freed 4 MiB tensors, after glibc has raised its mmap threshold past them: did the resident set keep them?
+_SMALL_BLOCKS_PROBE = """
+import re, sys, torch
+from contextlib import nullcontext
+from vidtok.training.allocator import memory_first
+def rss_mib():
+    with open("/proc/self/status") as f:
+        return int(re.search(r"^VmRSS:\\s+(\\d+)", f.read(), re.M).group(1)) / 1024
+del_me = torch.ones(4 << 20)  # a mapped 16 MiB block: freeing it raises glibc's mmap threshold to 16 MiB
+del del_me
+with memory_first() if sys.argv[1] == "on" else nullcontext():
+    start = rss_mib()
+    blocks = [torch.ones(1 << 20) for _ in range(6)]
+    del blocks
+    print(rss_mib() - start > 16)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc")
+def test_memory_first_gives_freed_megabyte_blocks_back_at_once() -> None:
+    def kept(mode: str) -> str:
+        done = subprocess.run([sys.executable, "-c", _SMALL_BLOCKS_PROBE, mode], capture_output=True, text=True,
+                              check=True)
+        return done.stdout.strip()
+
+    assert kept("off") == "True"
+    assert kept("on") == "False"

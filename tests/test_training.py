@@ -592,29 +592,34 @@ def test_last_batch_gradients_are_freed_before_the_next_forward() -> None:
 
 
 @pytest.mark.parametrize("use_checkpoint", [False, True])
-def test_the_autoencoders_backward_pass_runs_with_the_heap_backed_allocator(monkeypatch: pytest.MonkeyPatch,
-                                                                            use_checkpoint: bool) -> None:
+def test_cpu_allocator_settings_of_the_training_step(monkeypatch: pytest.MonkeyPatch, use_checkpoint: bool) -> None:
     """On the CPU the autoencoder's backward pass, and only it, runs inside `heap_backed` (its temporaries reuse
-    freed heap memory); the forward pass, whose stored activations would fragment the heap, does not, nor does
-    anything with `use_checkpoint`, which puts memory first."""
+    freed heap memory); the forward pass, whose stored activations would fragment the heap, does not. With
+    `use_checkpoint`, which puts memory first, the whole step runs inside `memory_first` instead."""
     from vidtok.training import allocator, engine_training
 
     model = tiny_gan_model()
     model.encoder.use_checkpoint = use_checkpoint
-    inside = []
+    inside: list[str] = []
 
-    @contextlib.contextmanager
-    def recording() -> Any:
-        with allocator.heap_backed() as applied:
-            inside.append(True)
-            try:
-                yield applied
-            finally:
-                inside.pop()
+    def recording(name: str) -> Any:
+        @contextlib.contextmanager
+        def setting() -> Any:
+            with getattr(allocator, name)() as applied:
+                inside.append(name)
+                try:
+                    yield applied
+                finally:
+                    inside.remove(name)
+        return setting
 
-    monkeypatch.setattr(engine_training, "heap_backed", recording)
-    seen: dict[str, list[bool]] = {"forward": [], "backward": []}
-    model.decoder.register_forward_hook(lambda *_: seen["forward"].append(bool(inside)))
-    model.decoder.register_full_backward_hook(lambda *_: seen["backward"].append(bool(inside)))
+    for name in ("heap_backed", "memory_first"):
+        monkeypatch.setattr(engine_training, name, recording(name))
+    seen: dict[str, list[tuple[str, ...]]] = {"forward": [], "backward": []}
+    model.decoder.register_forward_hook(lambda *_: seen["forward"].append(tuple(inside)))
+    model.decoder.register_full_backward_hook(lambda *_: seen["backward"].append(tuple(inside)))
     fit_two_batches(model, [])
-    assert seen == {"forward": [False, False], "backward": [not use_checkpoint] * 2}
+    if use_checkpoint:
+        assert seen == {"forward": [("memory_first",)] * 2, "backward": [("memory_first",)] * 2}
+    else:
+        assert seen == {"forward": [(), ()], "backward": [("heap_backed",)] * 2}

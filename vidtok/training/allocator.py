@@ -20,7 +20,7 @@ from __future__ import annotations
 import ctypes
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 # glibc's own dynamic thresholds once they have grown to their limit, which is where a training process is
@@ -42,19 +42,31 @@ def _libc() -> ctypes.CDLL | None:
 
 
 @contextmanager
-def heap_backed() -> Iterator[bool]:
-    """Inside the block glibc serves blocks up to `HEAP_BLOCK_MIB` from its heap and keeps what is freed; on leaving,
-    the mmap and trim thresholds go back to glibc's usual values and the heap's free pages are returned to the OS.
-    Yields whether the setting is in force (not off glibc, nor with `VIDTOK_HEAP_BACKWARD=0`)."""
+def _thresholds(mmap_bytes: int, trim_bytes: int) -> Iterator[bool]:
+    """glibc's mmap and trim thresholds set inside the block; on leaving, glibc's usual values come back and the
+    heap's free pages are returned to the OS. Yields whether the setting is in force."""
     libc = _libc()
     if libc is None:
         yield False
         return
-    libc.mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCK_MIB << 20)
-    libc.mallopt(_M_TRIM_THRESHOLD, _NEVER)
+    libc.mallopt(_M_MMAP_THRESHOLD, mmap_bytes)
+    libc.mallopt(_M_TRIM_THRESHOLD, trim_bytes)
     try:
         yield True
     finally:
         libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_MMAP_THRESHOLD)
         libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
         libc.malloc_trim(0)
+
+
+def heap_backed() -> AbstractContextManager[bool]:
+    """Inside the block glibc serves blocks up to `HEAP_BLOCK_MIB` from its heap and keeps what is freed; on leaving,
+    the heap's free pages are returned to the OS. Yields whether the setting is in force (not off glibc, nor with
+    `VIDTOK_HEAP_BACKWARD=0`)."""
+    return _thresholds(HEAP_BLOCK_MIB << 20, _NEVER)
+
+
+def memory_first() -> AbstractContextManager[bool]:
+    """Inside the block glibc maps blocks of 1 MiB and more afresh and gives back at once what is freed, so the
+    resident set follows live memory instead of glibc's high-water mark (for `use_checkpoint`)."""
+    return _thresholds(1 << 20, 1 << 20)

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from vidtok.training.allocator import heap_backed
+from vidtok.training.allocator import heap_backed, memory_first
 from vidtok.training.ema import LitEma
 from vidtok.util import get_obj_from_str
 
@@ -158,6 +158,11 @@ class TrainingMixin:
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         """One batch: an autoencoder step then a discriminator step. Returns the detached losses and the loss's log
         (what `on_train_batch_end` callbacks receive as `outputs`)."""
+        # with checkpointing, which puts memory first, glibc gives freed blocks back at once on the CPU
+        with memory_first() if self.device.type == "cpu" and self.encoder.use_checkpoint else nullcontext():
+            return self._training_step(batch)
+
+    def _training_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         opt_g, opt_d = self.optimizers()
         # The last batch's gradients are read by nothing before this batch's backward passes: freeing them before
         # the forward (the original freed them just before each backward) keeps them out of the forward pass and the
