@@ -34,7 +34,7 @@ print(applied, kept_big, kept_inside, kept_after_block, kept_after_free)
 
 
 def _probe(**env_update: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "VIDTOK_HEAP_BACKWARD"} | env_update
+    env = {k: v for k, v in os.environ.items() if k != "VIDTOK_MALLOC_TUNING"} | env_update
     done = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
     return done.stdout.strip()
 
@@ -44,7 +44,7 @@ def test_the_heap_keeps_freed_blocks_inside_the_block_and_returns_them_after() -
     # inside: a freed 48 MiB block stays resident for the next allocation, a 96 MiB one is unmapped as before;
     # after: the heap's free pages are back with the OS and large blocks are mapped and unmapped again
     assert _probe() == "True False True False False"
-    assert _probe(VIDTOK_HEAP_BACKWARD="0") == "False False False False False"
+    assert _probe(VIDTOK_MALLOC_TUNING="0") == "False False False False False"
 
 
 # six freed 4 MiB tensors, after glibc has raised its mmap threshold past them: did the resident set keep them?

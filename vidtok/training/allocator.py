@@ -1,5 +1,7 @@
-"""glibc's malloc settings for the backward pass of CPU training: serve its activation-sized temporaries from the
-heap, where the next one reuses the memory, instead of fresh mappings.
+"""glibc's malloc settings for CPU training: the backward pass serves its activation-sized temporaries from the heap,
+where the next one reuses the memory, instead of fresh mappings (`heap_backed`); with `use_checkpoint`, which puts
+memory first, the step instead gives freed blocks back at once (`memory_first`). `VIDTOK_MALLOC_TUNING=0` turns both
+off.
 
 Why: glibc maps every block above its mmap threshold (which it raises to at most 32 MiB) afresh and unmaps it on
 free, and the kernel zero-fills a fresh mapping one 4 KiB page fault at a time. The backward pass allocates and frees
@@ -28,7 +30,7 @@ _DEFAULT_MMAP_THRESHOLD, _DEFAULT_TRIM_THRESHOLD = 32 << 20, 64 << 20
 _NEVER = 2**31 - 1  # mallopt takes an int
 HEAP_BLOCK_MIB = 64
 
-ENV = "VIDTOK_HEAP_BACKWARD"
+ENV = "VIDTOK_MALLOC_TUNING"
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -62,7 +64,7 @@ def _thresholds(mmap_bytes: int, trim_bytes: int) -> Iterator[bool]:
 def heap_backed() -> AbstractContextManager[bool]:
     """Inside the block glibc serves blocks up to `HEAP_BLOCK_MIB` from its heap and keeps what is freed; on leaving,
     the heap's free pages are returned to the OS. Yields whether the setting is in force (not off glibc, nor with
-    `VIDTOK_HEAP_BACKWARD=0`)."""
+    `VIDTOK_MALLOC_TUNING=0`)."""
     return _thresholds(HEAP_BLOCK_MIB << 20, _NEVER)
 
 
