@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -158,9 +158,17 @@ class TrainingMixin:
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         """One batch: an autoencoder step then a discriminator step. Returns the detached losses and the loss's log
         (what `on_train_batch_end` callbacks receive as `outputs`)."""
-        # with checkpointing, which puts memory first, glibc gives freed blocks back at once on the CPU
-        with memory_first() if self.device.type == "cpu" and self.encoder.use_checkpoint else nullcontext():
+        with self._cpu_allocator(backward=False):
             return self._training_step(batch)
+
+    def _cpu_allocator(self, backward: bool) -> AbstractContextManager[object]:
+        """glibc's setting (`vidtok.training.allocator`) for the whole step or for the autoencoder's backward pass:
+        with checkpointing, which puts memory first, freed blocks go back at once over the step (`memory_first`);
+        otherwise the backward pass's temporaries reuse heap memory instead of page-faulting fresh mappings
+        (`heap_backed`: the heap holds what it frees until the pass ends). Off the CPU, neither."""
+        if self.device.type != "cpu" or self.encoder.use_checkpoint == backward:
+            return nullcontext()
+        return heap_backed() if backward else memory_first()
 
     def _training_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         opt_g, opt_d = self.optimizers()
@@ -177,10 +185,7 @@ class TrainingMixin:
         aeloss, log_ae = self.loss(
             reg_log, x, xrec, 0, self.global_step, last_layer=self.get_last_layer(), split="train"
         )
-        # on the CPU the backward pass's temporaries reuse heap memory instead of page-faulting fresh mappings,
-        # unless checkpointing asks for memory first: the heap holds what it frees until the pass ends
-        heap = x.device.type == "cpu" and not self.encoder.use_checkpoint
-        with heap_backed() if heap else nullcontext():
+        with self._cpu_allocator(backward=True):
             self.manual_backward(aeloss)
         torch.nn.utils.clip_grad_norm_(self.get_autoencoder_params(), GRAD_CLIP_NORM)
         opt_g.step()
